@@ -1,0 +1,16 @@
+"""keras_fa: feedback-alignment learning for Keras 3.
+
+Layers whose forward pass is the usual one and whose backward pass sends the
+error through feedback weights chosen by a rule, on the tensorflow, jax and
+torch backends.
+"""
+
+from keras_fa import feedback
+from keras_fa.convert import convert
+from keras_fa.layers import FAConv1D
+from keras_fa.layers import FAConv2D
+from keras_fa.layers import FADense
+
+__version__ = "0.1.0"
+
+__all__ = ["FAConv1D", "FAConv2D", "FADense", "convert", "feedback"]

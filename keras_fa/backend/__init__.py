@@ -1,0 +1,34 @@
+"""The one place where keras_fa uses a backend's own API.
+
+Everything else in keras_fa is written with `keras.ops`. Two things cannot be:
+
+- `conv_backward`: the vector-Jacobian product of a convolution, with the input
+  gradient taken through a kernel of our choosing (the feedback kernel) and the
+  kernel gradient taken from the layer input. Backprop computes exactly these two
+  products, so a feedback convolution costs what a backprop convolution costs.
+- `needs_gradient`: whether the backend will use the gradient of a tensor. Only
+  torch can tell (and only torch would otherwise compute unused products);
+  tensorflow and jax drop unused products at graph-compile time.
+"""
+
+import keras
+
+_BACKEND = keras.backend.backend()
+
+if _BACKEND == "tensorflow":
+    from keras_fa.backend.tensorflow import conv_backward
+    from keras_fa.backend.tensorflow import needs_gradient
+elif _BACKEND == "jax":
+    from keras_fa.backend.jax import conv_backward
+    from keras_fa.backend.jax import needs_gradient
+elif _BACKEND == "torch":
+    from keras_fa.backend.torch import conv_backward
+    from keras_fa.backend.torch import needs_gradient
+else:
+    raise ImportError(
+        f"keras_fa supports the Keras backends 'tensorflow', 'jax' and "
+        f"'torch'. The active backend is '{_BACKEND}'. Set the environment "
+        "variable KERAS_BACKEND to one of the supported backends."
+    )
+
+__all__ = ["conv_backward", "needs_gradient"]

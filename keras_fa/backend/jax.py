@@ -1,0 +1,33 @@
+"""Convolution backward pass on the jax backend."""
+
+import jax
+from keras import ops
+
+
+def needs_gradient(x):
+    """Returns True: under `jax.jit`, XLA removes products nobody uses."""
+    return True
+
+
+def conv_backward(
+    inputs, kernel, upstream, strides, padding, dilation_rate, data_format
+):
+    """Returns `(d_inputs, d_kernel)` of `ops.conv(inputs, kernel)`.
+
+    The input gradient uses `kernel` (pass the feedback kernel here); the
+    kernel gradient uses `inputs`. Under `jax.jit` the forward convolution that
+    `jax.vjp` traces is dead code and XLA removes it.
+    """
+
+    def conv(x, k):
+        return ops.conv(
+            x,
+            k,
+            strides=strides,
+            padding=padding,
+            dilation_rate=dilation_rate,
+            data_format=data_format,
+        )
+
+    _, vjp = jax.vjp(conv, inputs, kernel)
+    return vjp(upstream)

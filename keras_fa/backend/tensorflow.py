@@ -1,0 +1,34 @@
+"""Convolution backward pass on the tensorflow backend."""
+
+import tensorflow as tf
+from keras import ops
+
+
+def needs_gradient(x):
+    """Returns True: in a `tf.function`, grappler prunes unused products."""
+    return True
+
+
+def conv_backward(
+    inputs, kernel, upstream, strides, padding, dilation_rate, data_format
+):
+    """Returns `(d_inputs, d_kernel)` of `ops.conv(inputs, kernel)`.
+
+    The input gradient uses `kernel` (pass the feedback kernel here); the
+    kernel gradient uses `inputs`. Inside a `tf.function` (as in `model.fit`)
+    the forward convolution recorded on the tape feeds nothing and is pruned.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch([inputs, kernel])
+        outputs = ops.conv(
+            inputs,
+            kernel,
+            strides=strides,
+            padding=padding,
+            dilation_rate=dilation_rate,
+            data_format=data_format,
+        )
+    d_inputs, d_kernel = tape.gradient(
+        outputs, [inputs, kernel], output_gradients=upstream
+    )
+    return d_inputs, d_kernel

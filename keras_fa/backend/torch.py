@@ -1,0 +1,90 @@
+"""Convolution backward pass on the torch backend.
+
+torch runs eagerly, so tracing a forward convolution to differentiate it would
+cost a whole extra convolution. Instead we call the kernel torch's own autograd
+calls for a convolution, `aten.convolution_backward`, with the feedback kernel in
+place of the weight, after the same layout changes and padding that keras's
+torch `ops.conv` applies in the forward pass.
+"""
+
+import torch
+
+
+def needs_gradient(x):
+    """Returns whether autograd will use the gradient of `x`."""
+    return bool(getattr(x, "requires_grad", True))
+
+
+def _same_padding(length, kernel_length, stride, dilation):
+    # Mirrors keras's torch backend: the extra pixel goes at the end.
+    effective = (kernel_length - 1) * dilation + 1
+    if stride == 1:
+        total = effective - 1
+    else:
+        out = (length + stride - 1) // stride
+        total = max(0, (out - 1) * stride + effective - length)
+    return total // 2, total - total // 2
+
+
+def conv_backward(
+    inputs, kernel, upstream, strides, padding, dilation_rate, data_format
+):
+    """Returns `(d_inputs, d_kernel)` of `ops.conv(inputs, kernel)`.
+
+    The input gradient uses `kernel` (pass the feedback kernel here); the
+    kernel gradient uses `inputs`. `d_inputs` is None when `inputs` needs no
+    gradient (the first layer of a model), as torch's autograd would skip it.
+    """
+    rank = inputs.ndim - 2
+    strides = tuple(strides)
+    dilation = tuple(dilation_rate)
+    channels_last = data_format == "channels_last"
+    x = torch.movedim(inputs, -1, 1) if channels_last else inputs
+    dy = torch.movedim(upstream, -1, 1) if channels_last else upstream
+    # keras kernel (*k, in/groups, out) -> torch weight (out, in/groups, *k)
+    w = torch.permute(kernel, (rank + 1, rank, *range(rank)))
+    groups = x.shape[1] // w.shape[1]
+
+    crop = None
+    pad = [0] * rank
+    if padding == "same":
+        pads = [
+            _same_padding(x.shape[2 + i], w.shape[2 + i], strides[i], dilation[i])
+            for i in range(rank)
+        ]
+        if all(left == right for left, right in pads):
+            pad = [left for left, _ in pads]
+        else:
+            flat = []
+            for left, right in reversed(pads):
+                flat.extend((left, right))
+            x = torch.nn.functional.pad(x, flat)
+            crop = pads
+
+    want_dx = needs_gradient(inputs)
+    dx, dw, _ = torch.ops.aten.convolution_backward(
+        dy.contiguous(),
+        x.contiguous(),
+        w.contiguous(),
+        None,
+        strides,
+        pad,
+        dilation,
+        False,
+        [0] * rank,
+        groups,
+        [want_dx, True, False],
+    )
+    if dx is not None:
+        if crop is not None:
+            dx = dx[
+                (slice(None), slice(None))
+                + tuple(
+                    slice(left, dx.shape[2 + i] - right)
+                    for i, (left, right) in enumerate(crop)
+                )
+            ]
+        if channels_last:
+            dx = torch.movedim(dx, 1, -1)
+    dw = torch.permute(dw, (*range(2, rank + 2), 1, 0))
+    return dx, dw

@@ -1,0 +1,138 @@
+"""The base class of feedback rules and the registry that names them."""
+
+import math
+
+import keras
+from keras import ops
+
+_RULES = {}
+
+
+def register(name):
+    """Class decorator that makes a feedback rule available by `name`.
+
+    The class also becomes Keras-serializable under the package `keras_fa`, so
+    models that use it save and load like any Keras model.
+
+    Args:
+        name: the short name users pass as `feedback=`, e.g. `"fa"`.
+
+    Example:
+
+    >>> @keras_fa.feedback.register("my_rule")
+    ... class MyRule(keras_fa.feedback.FeedbackRule):
+    ...     def backward_kernel(self, kernel, *feedback):
+    ...         return 0.5 * kernel
+    """
+
+    def decorator(cls):
+        key = name.lower()
+        if key in _RULES and _RULES[key] is not cls:
+            raise ValueError(
+                f"A feedback rule named '{name}' is already registered "
+                f"({_RULES[key].__name__})."
+            )
+        cls.name = key
+        _RULES[key] = cls
+        return keras.saving.register_keras_serializable(
+            package="keras_fa", name=cls.__name__
+        )(cls)
+
+    return decorator
+
+
+def registered_names():
+    """Returns the names of all registered feedback rules, sorted."""
+    return sorted(_RULES)
+
+
+def glorot_scale(shape):
+    """Returns sqrt(2 / (fan_in + fan_out)) for a Keras kernel shape.
+
+    Keras kernels are `(*receptive_field, in, out)`; fans count the receptive
+    field, as Keras's own variance-scaling initializers do.
+    """
+    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    fan_in = shape[-2] * receptive
+    fan_out = shape[-1] * receptive
+    return math.sqrt(2.0 / (fan_in + fan_out))
+
+
+class FeedbackRule:
+    """How a layer sends its error backwards: the base of all feedback rules.
+
+    A layer's forward pass is untouched. In the backward pass the gradient
+    with respect to the layer input is computed with `backward_kernel(...)`
+    in place of the forward kernel W, while the gradient with respect to W stays
+    the local one (`x^T delta` for a dense layer). A rule decides:
+
+    - `build(layer)`: which state the layer keeps for its feedback (usually a
+      non-trainable `layer.feedback_kernel` with the kernel's shape);
+    - `feedback_inputs(layer)`: the tensors the forward pass hands to the
+      backward pass;
+    - `backward_kernel(kernel, *feedback)`: the matrix B used in place of W;
+    - `feedback_gradients(d_kernel, feedback)`: gradients for the feedback
+      tensors (None: they do not learn).
+
+    Subclass it, override what differs, and register it with
+    `keras_fa.feedback.register("name")`.
+    """
+
+    name = None
+    #: True for exact backprop: the layer then uses the plain Keras op.
+    exact = False
+
+    def build(self, layer):
+        """Creates the feedback state on `layer` (none by default)."""
+
+    def feedback_inputs(self, layer):
+        """Returns the tensors the backward pass needs besides the kernel."""
+        return ()
+
+    def backward_kernel(self, kernel, *feedback):
+        """Returns the matrix used in place of `kernel` in the backward pass."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `backward_kernel`."
+        )
+
+    def feedback_gradients(self, d_kernel, feedback):
+        """Returns one gradient (or None) per tensor in `feedback`."""
+        return tuple(None for _ in feedback)
+
+    def get_config(self):
+        """Returns the constructor arguments of the rule."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """Creates a rule from its config."""
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and (
+            self.get_config() == other.get_config()
+        )
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def add_feedback_kernel(layer, trainable=False, **kwargs):
+    """Adds `layer.feedback_kernel`, shaped like the kernel, drawn from the
+    layer's feedback initializer."""
+    layer.feedback_kernel = layer.add_weight(
+        name="feedback_kernel",
+        shape=layer.kernel_shape_for_feedback,
+        initializer=layer.feedback_initializer,
+        trainable=trainable,
+        **kwargs,
+    )
+
+
+def sign_times(kernel, magnitude):
+    """Returns `sign(kernel) * magnitude`: a sign-concordant feedback."""
+    return ops.multiply(ops.sign(kernel), magnitude)

@@ -1,0 +1,18 @@
+"""Backpropagation: the control."""
+
+from keras_fa.feedback.base import FeedbackRule
+from keras_fa.feedback.base import register
+
+
+@register("bp")
+class Backprop(FeedbackRule):
+    """Exact backpropagation: the error goes back through W itself.
+
+    A layer with this rule runs the plain Keras op, so it computes exactly what
+    the Keras layer it replaces computes. Use it as the control.
+    """
+
+    exact = True
+
+    def backward_kernel(self, kernel, *feedback):
+        return kernel

@@ -1,0 +1,41 @@
+"""Batchwise random-magnitude sign-concordant feedback (Moskovitz et al.)."""
+
+import keras
+from keras import ops
+
+from keras_fa.feedback.base import FeedbackRule
+from keras_fa.feedback.base import register
+from keras_fa.feedback.base import sign_times
+
+
+@register("brsf")
+class BatchRandomSignFeedback(FeedbackRule):
+    """brSF: B = sign(W) * |R|, with R redrawn at every call (every batch).
+
+    R is drawn from the layer's `feedback_initializer`, which must be a random
+    Keras initializer, with a seed generator the layer owns
+    (`layer.feedback_seed_generator`), so draws are reproducible for a `seed`
+    and the generator's state is saved with the model.
+    """
+
+    def build(self, layer):
+        init = layer.feedback_initializer
+        if "seed" not in init.get_config():
+            raise ValueError(
+                "feedback='brsf' redraws its feedback magnitudes from the "
+                "layer's `feedback_initializer`, which must be a random Keras "
+                "initializer (e.g. 'glorot_uniform', 'he_normal', "
+                f"RandomNormal). Received: {init!r}"
+            )
+        layer.feedback_seed_generator = keras.random.SeedGenerator(
+            layer.feedback_seed, name="feedback_seed_generator"
+        )
+        config = dict(init.get_config(), seed=layer.feedback_seed_generator)
+        layer._brsf_sampler = type(init)(**config)
+
+    def feedback_inputs(self, layer):
+        shape = layer.kernel_shape_for_feedback
+        return (ops.abs(layer._brsf_sampler(shape, dtype=layer.compute_dtype)),)
+
+    def backward_kernel(self, kernel, *feedback):
+        return sign_times(kernel, feedback[0])

@@ -1,0 +1,169 @@
+"""What every keras_fa layer adds to the Keras layer it replaces."""
+
+import keras
+from keras import initializers
+from keras import ops
+
+from keras_fa import feedback as feedback_lib
+
+# Seeds for the feedback weights are mixed with this constant so that a layer
+# given `seed=s` and a kernel initializer seeded with `s` do not draw B == W,
+# which would silently turn feedback alignment into backprop.
+_FEEDBACK_SEED_OFFSET = 0x5F3759DF
+
+
+def get_feedback_initializer(identifier):
+    """Returns a Keras initializer, with an error that says what is allowed."""
+    try:
+        init = initializers.get(identifier)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "Invalid `feedback_initializer`: expected the name of a Keras "
+            "initializer (e.g. 'glorot_uniform', 'he_normal', 'orthogonal'), "
+            "a config dict, or a keras.initializers.Initializer. Received: "
+            f"{identifier!r}"
+        ) from error
+    if init is None or not callable(init):
+        raise ValueError(
+            "Invalid `feedback_initializer`: expected the name of a Keras "
+            "initializer, a config dict, or a keras.initializers.Initializer. "
+            f"Received: {identifier!r}"
+        )
+    return init
+
+
+def is_random_initializer(initializer):
+    """Returns whether a Keras initializer draws random values from a seed."""
+    return "seed" in initializer.get_config()
+
+
+def _value(tensor):
+    # Custom-gradient ops need tensors, not variables (torch requires it).
+    if isinstance(tensor, keras.Variable):
+        return tensor.value
+    return tensor
+
+
+class FeedbackMixin:
+    """Adds a feedback rule, its weights and their saving to a Keras layer.
+
+    Must come before the Keras layer class in the bases. The subclass calls
+    `_init_feedback` in `__init__`, `_build_feedback` at the end of `build`,
+    and routes its product through `_apply_feedback`.
+    """
+
+    def _init_feedback(self, feedback, feedback_initializer, seed):
+        if getattr(self, "quantization_mode", None):
+            raise ValueError("keras_fa layers do not support quantization.")
+        self.feedback = feedback_lib.get(feedback)
+        self.feedback_initializer = get_feedback_initializer(
+            feedback_initializer
+        )
+        self._unseeded_feedback_initializer = self.feedback_initializer
+        if seed is not None and not isinstance(seed, int):
+            raise ValueError(
+                f"`seed` must be an integer or None. Received: seed={seed!r}"
+            )
+        self.seed = seed
+        self.feedback_seed = (
+            None if seed is None else (seed + _FEEDBACK_SEED_OFFSET) % 2**31
+        )
+        if self.feedback_seed is not None and is_random_initializer(
+            self.feedback_initializer
+        ):
+            config = self.feedback_initializer.get_config()
+            config["seed"] = self.feedback_seed
+            self.feedback_initializer = type(self.feedback_initializer)(
+                **config
+            )
+
+    @property
+    def kernel_shape_for_feedback(self):
+        """The shape of the feedback kernel: that of the forward kernel."""
+        return tuple(self._kernel.shape)
+
+    def _build_feedback(self):
+        self.feedback.build(self)
+
+    def _apply_feedback(self, inputs, forward, feedback_op, **op_kwargs):
+        """Runs the forward product with the rule's backward pass."""
+        kernel = ops.cast(_value(self.kernel), self.compute_dtype)
+        if self.feedback.exact:
+            return forward(inputs, kernel)
+        feedback = tuple(
+            ops.cast(_value(t), self.compute_dtype)
+            for t in self.feedback.feedback_inputs(self)
+        )
+        return feedback_op(
+            inputs, kernel, self.feedback, feedback, **op_kwargs
+        )
+
+    # Saving. The Keras layers store only kernel and bias in
+    # `save_own_variables`; the feedback state follows them in the same store.
+
+    def _feedback_variables(self):
+        variables = []
+        if getattr(self, "feedback_kernel", None) is not None:
+            variables.append(self.feedback_kernel)
+        if getattr(self, "feedback_seed_generator", None) is not None:
+            variables.append(self.feedback_seed_generator.state)
+        return variables
+
+    def _num_base_entries(self):
+        return 1 + int(self.bias is not None)
+
+    def save_own_variables(self, store):
+        """Saves kernel and bias as Keras does, then the feedback state."""
+        if not self.built:
+            return
+        super().save_own_variables(store)
+        start = self._num_base_entries()
+        for i, variable in enumerate(self._feedback_variables()):
+            store[str(start + i)] = variable
+
+    def _check_load_own_variables(self, store):
+        expected = self._num_base_entries() + len(self._feedback_variables())
+        received = len(store.keys())
+        if received != expected:
+            raise ValueError(
+                f"Layer '{self.name}' (feedback={self.feedback.name!r}) "
+                f"expects {expected} saved variables (kernel"
+                f"{', bias' if self.bias is not None else ''} and "
+                f"{len(self._feedback_variables())} feedback variable(s)), "
+                f"but the file holds {received}. Was it saved with another "
+                "feedback rule or layer configuration?"
+            )
+
+    def load_own_variables(self, store):
+        """Loads kernel and bias as Keras does, then the feedback state."""
+        self._check_load_own_variables(store)
+        if not self.built:
+            return
+        start = self._num_base_entries()
+        for i, variable in enumerate(self._feedback_variables()):
+            value = store[str(start + i)]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"Layer '{self.name}': the saved {variable.name} has "
+                    f"shape {tuple(value.shape)}, but this layer needs "
+                    f"{tuple(variable.shape)} (the kernel's shape)."
+                )
+        super().load_own_variables(store)
+        for i, variable in enumerate(self._feedback_variables()):
+            variable.assign(store[str(start + i)])
+
+    def quantize(self, *args, **kwargs):
+        """Not supported: feedback layers keep full-precision kernels."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support quantization: its "
+            "backward pass needs the full-precision kernel."
+        )
+
+    def _feedback_config(self):
+        return {
+            "feedback": feedback_lib.serialize(self.feedback),
+            "feedback_initializer": initializers.serialize(
+                self._unseeded_feedback_initializer
+            ),
+            "seed": self.seed,
+        }
