@@ -1,0 +1,27 @@
+"""Shared test set-up: a private Keras home, and the active backend's name.
+
+The suite runs once per backend: `KERAS_BACKEND=jax pytest tests` (the script
+`tests/run_all_backends.py` runs all three).
+"""
+
+import os
+import tempfile
+
+_HOME = tempfile.mkdtemp(prefix="keras_fa_test_home_")
+os.environ.setdefault("KERAS_HOME", os.path.join(_HOME, "keras"))
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(_HOME, "matplotlib"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+BACKEND = keras.backend.backend()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    """Each test starts with a clean Keras session and a fixed seed."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.config.set_dtype_policy("float32")
