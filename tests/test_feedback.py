@@ -383,3 +383,53 @@ def test_fit_step_of_a_cnn_is_the_predicted_fa_update(rule):
     delta1_bp = (delta2 @ w2.T).reshape(a1.shape) * (a1 > 0)
     _, gw1_bp = backward(delta1_bp, w1)
     assert not np.allclose(gw1, gw1_bp, atol=1e-4)
+
+
+def test_get_resolves_names_configs_and_objects():
+    from keras_fa import feedback
+
+    assert isinstance(feedback.get("fa"), feedback.FeedbackAlignment)
+    assert isinstance(feedback.get("KP"), feedback.KolenPollack)
+    rule = feedback.UniformSignFeedback(scale=0.25)
+    assert feedback.get(rule) is rule
+    assert feedback.get(feedback.deserialize(feedback.serialize(rule))) == rule
+    assert feedback.get(feedback.serialize(rule)) == rule
+    assert isinstance(feedback.get(feedback.FixedRandomSignFeedback), feedback.FixedRandomSignFeedback)
+    assert set(RULES) <= set(feedback.registered_names())
+
+
+@pytest.mark.parametrize("bad", ["nope", None, 3, {"class_name": "Nope"}])
+def test_get_rejects_unknown_identifiers_naming_the_allowed_ones(bad):
+    with pytest.raises(ValueError, match="bp, brsf, fa, frsf"):
+        keras_fa.feedback.get(bad)
+
+
+def test_usf_scale_must_be_positive():
+    with pytest.raises(ValueError, match="positive"):
+        keras_fa.feedback.UniformSignFeedback(scale=-1.0)
+
+
+def test_a_new_rule_is_one_small_class():
+    """A registered user rule works in a layer, by name, with its gradient."""
+    from keras_fa import feedback
+
+    @feedback.register("half_bp_test")
+    class HalfBackprop(feedback.FeedbackRule):
+        def backward_kernel(self, kernel, *feedback):
+            return 0.5 * kernel
+
+    with pytest.raises(ValueError, match="already registered"):
+
+        @feedback.register("half_bp_test")
+        class Other(feedback.FeedbackRule):
+            pass
+
+    layer = keras_fa.FADense(3, feedback="half_bp_test")
+    layer.build((2, 4))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4)).astype("float32")
+    up = rng.normal(size=(2, 3)).astype("float32")
+    _, dx, _, _ = layer_gradients(layer, x, up)
+    np.testing.assert_allclose(dx, up @ (0.5 * _np(layer.kernel)).T, rtol=RTOL, atol=ATOL)
+    config = layer.get_config()
+    assert keras_fa.FADense.from_config(config).feedback == HalfBackprop()
