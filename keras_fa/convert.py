@@ -71,11 +71,14 @@ def convert(
     new_model = keras.models.clone_model(
         model, clone_function=clone, recursive=True
     )
+    # Copy through numpy: on jax, assigning one variable's value to another
+    # shares the buffer, and training the copy (which donates its buffers)
+    # would delete the original model's weights.
     for old, new, replaced in pairs:
         if replaced:
-            new._kernel.assign(old.kernel)
+            new._kernel.assign(keras.ops.convert_to_numpy(old.kernel))
             if old.bias is not None:
-                new.bias.assign(old.bias)
+                new.bias.assign(keras.ops.convert_to_numpy(old.bias))
         else:
             new.set_weights(old.get_weights())
     return new_model
