@@ -1,0 +1,52 @@
+"""Lint, then run the test suite once per Keras backend.
+
+    python tests/run_all_backends.py           # ruff; tensorflow, jax, torch
+    python tests/run_all_backends.py -x -k fa  # extra arguments go to pytest
+
+Keras picks its backend when it is first imported, so each backend gets its
+own pytest process with `KERAS_BACKEND` set. Exits non-zero if the lint or any
+backend fails.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def run(command, env=None):
+    """Runs `command` in the repository root; returns (exit code, seconds)."""
+    print(f"\n$ {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    code = subprocess.call(command, cwd=ROOT, env=env)
+    return code, time.perf_counter() - start
+
+
+def main(pytest_args):
+    results = []
+    code, seconds = run([sys.executable, "-m", "ruff", "check", "."])
+    results.append(("ruff check", code, seconds))
+    for backend in BACKENDS:
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
+        command = [sys.executable, "-m", "pytest", "tests", *pytest_args]
+        code, seconds = run(command, env=env)
+        results.append((f"pytest, {backend}", code, seconds))
+
+    print("\n===== summary =====")
+    for name, code, seconds in results:
+        # pytest exits 5 when no test was collected: that is a failure here.
+        status = "ok" if code == 0 else f"FAILED (exit {code})"
+        print(f"{name:<20} {status:<18} {seconds:7.1f} s")
+    failed = [name for name, code, _ in results if code != 0]
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
