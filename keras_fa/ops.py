@@ -35,9 +35,11 @@ def feedback_matmul(inputs, kernel, rule, feedback=()):
     def matmul(x, w, *fb):
         def grad(*args, upstream=None):
             dy = _upstream(args, upstream)
-            b = rule.backward_kernel(w, *fb)
             dx = None
+            # B serves only d inputs: torch skips both for a model's first
+            # layer (tensorflow and jax prune them when compiling).
             if backend.needs_gradient(x):
+                b = rule.backward_kernel(w, *fb)
                 dx = ops.matmul(dy, ops.transpose(b))
             if len(x.shape) == 2:
                 dw = ops.matmul(ops.transpose(x), dy)
@@ -78,7 +80,9 @@ def feedback_conv(
     def conv(x, w, *fb):
         def grad(*args, upstream=None):
             dy = _upstream(args, upstream)
-            b = rule.backward_kernel(w, *fb)
+            # B serves only d inputs, which conv_backward skips where they
+            # are not needed (torch); then any kernel of the right shape does.
+            b = rule.backward_kernel(w, *fb) if backend.needs_gradient(x) else w
             dx, dw = backend.conv_backward(
                 x, b, dy, strides, padding, dilation_rate, data_format
             )
