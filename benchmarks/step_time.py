@@ -14,8 +14,10 @@ the weights are read back, so asynchronous dispatch (jax) is included. Set-up
 that `fit` does before the first batch is outside the timing; it is the same
 for every variant anyway.
 
-It prints a Markdown table (model | variant | median and smallest ms/step |
-ratios to the plain Keras model) and, with `--out`, writes it to a file.
+It prints a Markdown table and, with `--out`, writes it to a file: per model
+and variant the median wall-clock ms/step and its ratio to the plain Keras
+model's, the smallest wall-clock ms/step, and the median CPU ms/step (the
+process's CPU time, all threads) and its ratio.
 
     KERAS_BACKEND=tensorflow python benchmarks/step_time.py
     KERAS_BACKEND=jax python benchmarks/step_time.py --out \
@@ -28,12 +30,11 @@ threads wait on each other in every kernel (one step can take ten times as
 long, and the variant with more kernels loses most); `--threads 1` gives
 steadier ratios there.
 
-"ratio" is the median time of the variant over the median time of the plain
-model; "paired ratio" is the median, over repeats, of the variant's time over
-the plain model's time in the same repeat (with its smallest and largest
-value), which is less sensitive to load that changes between repeats. Other
-work on the machine only ever adds time, so the smallest time of a variant is
-the closest to its cost on an idle machine.
+Other work on the machine only ever adds wall-clock time, so the smallest
+time of a variant is the closest to its cost on an idle machine. With
+`--threads 1` the CPU time hardly depends on other work at all (it is the
+compute the step costs), which makes the CPU ratio the steadier measure on a
+busy machine; with several threads it also counts threads waiting for work.
 """
 
 import argparse
@@ -129,13 +130,16 @@ class _StepTimer(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == 0:
-            self.start = time.perf_counter()
+            self.start = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
         # Reading a weight back waits for all queued work (jax dispatches
         # asynchronously; fit has already put the state back on the model).
         keras.ops.convert_to_numpy(self.model.trainable_weights[-1])
-        self.seconds = time.perf_counter() - self.start
+        self.seconds = (
+            time.perf_counter() - self.start[0],
+            time.process_time() - self.start[1],
+        )
 
 
 class Variant:
@@ -153,10 +157,11 @@ class Variant:
         )
         self.x, self.y = data
         self.batch_size = batch_size
-        self.times = []
+        self.wall = []
+        self.cpu = []
 
     def fit(self):
-        """Runs one epoch; returns its seconds per step."""
+        """Runs one epoch; records its wall-clock and CPU seconds per step."""
         timer = _StepTimer()
         self.model.fit(
             self.x,
@@ -168,7 +173,8 @@ class Variant:
             callbacks=[timer],
         )
         steps = len(self.x) // self.batch_size
-        return timer.seconds / steps
+        self.wall.append(timer.seconds[0] / steps)
+        self.cpu.append(timer.seconds[1] / steps)
 
 
 def limit_threads(threads):
@@ -217,10 +223,10 @@ def benchmark(model_name, rules, repeats, steps, batch_size, jit_compile):
     for r in range(repeats):
         shift = r % len(variants)
         for variant in variants[shift:] + variants[:shift]:
-            variant.times.append(variant.fit())
+            variant.fit()
         print(
             f"  {model_name} repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{v.name} {1e3 * v.times[-1]:.1f}" for v in variants),
+            + ", ".join(f"{v.name} {1e3 * v.wall[-1]:.1f}" for v in variants),
             file=sys.stderr,
             flush=True,
         )
@@ -230,22 +236,22 @@ def benchmark(model_name, rules, repeats, steps, batch_size, jit_compile):
 def table(results):
     """Returns the Markdown table of all models' variants."""
     lines = [
-        "| model | variant | median ms/step | min ms/step | ratio | "
-        "paired ratio (min-max) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | variant | ms/step | ratio | min ms/step | CPU ms/step | "
+        "CPU ratio |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for variants in results:
         plain = variants[0]
-        plain_median = statistics.median(plain.times)
+        plain_wall = statistics.median(plain.wall)
+        plain_cpu = statistics.median(plain.cpu)
         for variant in variants:
-            median = statistics.median(variant.times)
-            paired = [v / p for v, p in zip(variant.times, plain.times)]
+            wall = statistics.median(variant.wall)
+            cpu = statistics.median(variant.cpu)
             lines.append(
                 f"| {variant.model_name} | {variant.name} | "
-                f"{1e3 * median:.2f} | {1e3 * min(variant.times):.2f} | "
-                f"{median / plain_median:.3f} | "
-                f"{statistics.median(paired):.3f} "
-                f"({min(paired):.3f}-{max(paired):.3f}) |"
+                f"{1e3 * wall:.2f} | {wall / plain_wall:.3f} | "
+                f"{1e3 * min(variant.wall):.2f} | "
+                f"{1e3 * cpu:.2f} | {cpu / plain_cpu:.3f} |"
             )
     return "\n".join(lines)
 
