@@ -1,5 +1,7 @@
 """What every keras_fa layer adds to the Keras layer it replaces."""
 
+import numbers
+
 import keras
 from keras import initializers
 from keras import ops
@@ -60,10 +62,14 @@ class FeedbackMixin:
             feedback_initializer
         )
         self._unseeded_feedback_initializer = self.feedback_initializer
-        if seed is not None and not isinstance(seed, int):
-            raise ValueError(
-                f"`seed` must be an integer or None. Received: seed={seed!r}"
-            )
+        if seed is not None:
+            # bool is an int in Python, but `seed=True` is a mistake.
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+                raise ValueError(
+                    "`seed` must be an integer or None. Received: "
+                    f"seed={seed!r}"
+                )
+            seed = int(seed)  # numpy integers too; the config stays JSON
         self.seed = seed
         self.feedback_seed = (
             None if seed is None else (seed + _FEEDBACK_SEED_OFFSET) % 2**31
