@@ -89,7 +89,15 @@ class FeedbackMixin:
         return tuple(self._kernel.shape)
 
     def _build_feedback(self):
-        self.feedback.build(self)
+        # With `lora_rank`, the Keras `build` ends in `enable_lora`, which
+        # locks the layer's variable tracker; the feedback state comes after.
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            self.feedback.build(self)
+        finally:
+            if locked:
+                self._tracker.lock()
 
     def _apply_feedback(self, inputs, forward, feedback_op, **op_kwargs):
         """Runs the forward product with the rule's backward pass."""
