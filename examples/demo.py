@@ -10,12 +10,19 @@ with Adam on a data set that needs no download. It prints a Markdown table.
 """
 
 import argparse
+import os
 import time
 
-import keras
+# The network is small, so one thread per op costs little (tensorflow and jax
+# ran as fast), and on a busy 2-core machine it kept torch from running up to
+# 10x slower, its threads waiting on each other. Set before keras imports a
+# backend.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import keras_fa
-from keras_fa import datasets
+import keras  # noqa: E402
+
+import keras_fa  # noqa: E402
+from keras_fa import datasets  # noqa: E402
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp")
 LOADERS = {"mnist1d": datasets.load_mnist1d, "digits": datasets.load_digits}
