@@ -317,10 +317,20 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--rules", default=",".join(RULES))
-    parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated: mlp,cnn"
+    )
+    parser.add_argument(
+        "--rules",
+        default=",".join(RULES),
+        help="comma-separated feedback rules: " + ",".join(RULES),
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=21, help="timed fits per variant"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=10, help="training steps per timed fit"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
         "--jit-compile",
