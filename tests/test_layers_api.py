@@ -104,18 +104,17 @@ def copy_weights(source, target):
         by_name[weight.name].assign(numpy(weight))
 
 
-def case_id(case):
-    cls, _, kwargs, _ = case
-    return (
-        f"{cls.__name__}-" + "-".join(sorted(kwargs))
-        if kwargs
-        else (cls.__name__)
-    )
+@pytest.mark.parametrize(
+    "keras_cls", list(FA_CLASSES), ids=lambda c: c.__name__
+)
+def test_drop_in_replacement(keras_cls):
+    cases = [case for case in DROP_IN_CASES if case[0] is keras_cls]
+    assert len(cases) >= 4
+    for case in cases:
+        check_drop_in(*case)
 
 
-@pytest.mark.parametrize("case", DROP_IN_CASES, ids=map(case_id, DROP_IN_CASES))
-def test_drop_in_replacement(case):
-    keras_cls, args, kwargs, input_shape = case
+def check_drop_in(keras_cls, args, kwargs, input_shape):
     x = random(input_shape)
     reference = keras_cls(*args, **kwargs)
     reference.build(x.shape)
@@ -125,24 +124,29 @@ def test_drop_in_replacement(case):
     expected = reference(x)
     # "bp" is the Keras layer; every other rule has the same forward pass.
     for rule in ("bp", "fa"):
+        case = f"{keras_cls.__name__}({args}, {kwargs}), feedback={rule}"
         layer = FA_CLASSES[keras_cls](*args, feedback=rule, **kwargs)
         layer.build(x.shape)
         copy_weights(reference, layer)
         outputs = layer(x)
 
-        assert outputs.dtype == expected.dtype
-        assert tuple(outputs.shape) == tuple(expected.shape)
-        np.testing.assert_array_equal(numpy(outputs), numpy(expected))
+        assert outputs.dtype == expected.dtype, case
+        assert tuple(outputs.shape) == tuple(expected.shape), case
+        np.testing.assert_array_equal(
+            numpy(outputs), numpy(expected), err_msg=case
+        )
         # Every Keras argument is kept, with the same value.
         config = layer.get_config()
         for key, value in reference.get_config().items():
             if key != "name":
-                assert config[key] == value, key
+                assert config[key] == value, (case, key)
         if "name" in kwargs:
             assert layer.name == kwargs["name"]
-        assert len(layer.losses) == len(reference.losses)
+        assert len(layer.losses) == len(reference.losses), case
         for ours, theirs in zip(layer.losses, reference.losses):
-            np.testing.assert_allclose(numpy(ours), numpy(theirs), rtol=1e-6)
+            np.testing.assert_allclose(
+                numpy(ours), numpy(theirs), rtol=1e-6, err_msg=case
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -319,21 +323,22 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("rule", RULES)
-def test_gradients_are_finite(rule):
-    for cls, (args, input_shape) in SHAPES.items():
+@pytest.mark.parametrize("cls", list(SHAPES), ids=lambda c: c.__name__)
+def test_gradients_are_finite(cls):
+    args, input_shape = SHAPES[cls]
+    x = random(input_shape)
+    for rule in RULES:
         layer = cls(*args, feedback=rule, activation="tanh")
-        x = random(input_shape)
         layer.build(x.shape)
         upstream = random(layer.compute_output_shape(x.shape), seed=2)
         _, dx, grads, _ = layer_gradients(layer, x, upstream)
         trainable = {v.path for v in layer.trainable_variables}
         assert trainable <= set(grads)
         for path in trainable:
-            assert np.all(np.isfinite(grads[path])), path
-            assert np.any(grads[path] != 0), path
-        assert np.all(np.isfinite(dx)), cls.__name__
-        assert np.any(dx != 0), cls.__name__
+            assert np.all(np.isfinite(grads[path])), (rule, path)
+            assert np.any(grads[path] != 0), (rule, path)
+        assert np.all(np.isfinite(dx)), rule
+        assert np.any(dx != 0), rule
 
 
 # ---------------------------------------------------------------------------

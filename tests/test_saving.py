@@ -1,6 +1,7 @@
 """Saving and loading keras_fa layers: configs, .keras files, weights files,
 seeds, and files moved between backends."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -85,9 +86,8 @@ def assert_same_variables(a, b, atol=0.0):
             )
 
 
-@pytest.mark.parametrize("rule", RULES)
-def test_config_round_trip(rule):
-    for kind in KINDS:
+def test_config_round_trip():
+    for rule, kind in itertools.product(RULES, KINDS):
         layer = make_layer(
             kind,
             rule,
@@ -161,22 +161,24 @@ def test_save_and_load(rule, tmp_path):
     assert_same_variables(model, loaded, atol=1e-6)
 
 
-@pytest.mark.parametrize("rule", ("fa", "frsf", "kp"))
-def test_seed_fixes_feedback_matrix(rule):
-    def built(kind, seed, **kwargs):
+def test_seed_fixes_feedback_matrix():
+    def built(rule, kind, seed, **kwargs):
         layer = make_layer(kind, rule, 4, seed=seed, **kwargs)
         layer.build((None, *INPUT_SHAPES[kind]))
         return layer
 
-    for kind in KINDS:
-        first = numpy(built(kind, 7).feedback_kernel)
+    for rule, kind in itertools.product(("fa", "frsf", "kp"), KINDS):
+        first = numpy(built(rule, kind, 7).feedback_kernel)
         keras.utils.set_random_seed(99)  # the global state must not matter
-        assert np.array_equal(first, numpy(built(kind, 7).feedback_kernel))
-        assert not np.array_equal(first, numpy(built(kind, 8).feedback_kernel))
+        same = numpy(built(rule, kind, 7).feedback_kernel)
+        other = numpy(built(rule, kind, 8).feedback_kernel)
+        assert np.array_equal(first, same), (rule, kind)
+        assert not np.array_equal(first, other), (rule, kind)
 
         # Kernel and feedback with the same initializer and the same seed:
         # without the layer's seed mixing, B would equal W and FA would be BP.
         layer = built(
+            rule,
             kind,
             3,
             kernel_initializer=keras.initializers.GlorotUniform(seed=3),
@@ -186,7 +188,7 @@ def test_seed_fixes_feedback_matrix(rule):
         reference = keras.initializers.GlorotUniform(seed=3)(kernel.shape)
         assert np.array_equal(kernel, numpy(reference))  # the premise
         feedback = numpy(layer.feedback_kernel)
-        assert not np.allclose(np.abs(feedback), np.abs(kernel))
+        assert not np.allclose(np.abs(feedback), np.abs(kernel)), (rule, kind)
 
 
 def test_brsf_seed_fixes_feedback_draws():
