@@ -19,7 +19,7 @@ _REPLACEMENTS = {
 def convert(
     model, feedback="fa", feedback_initializer="glorot_uniform", seed=None
 ):
-    """Returns a copy of `model` whose Dense/Conv1D/Conv2D layers use `feedback`.
+    """Returns a copy of `model` whose Dense and conv layers use `feedback`.
 
     Every `keras.layers.Dense`, `Conv1D` and `Conv2D` (and every keras_fa
     layer) is replaced by the keras_fa layer with the same configuration and

@@ -7,9 +7,8 @@ of the layer, eagerly or compiled (XLA on tensorflow, jit on jax, torch.compile
 on torch).
 """
 
-import numpy as np
-
 import keras
+import numpy as np
 
 BACKEND = keras.backend.backend()
 
@@ -98,9 +97,7 @@ def _jax_gradients(layer, n_train, values, float_idx, x, up, compiled):
     return y, dx, dfloats, [np.asarray(s) for s in state]
 
 
-def _torch_gradients(
-    layer, n_train, values, float_idx, x, up, compiled
-):
+def _torch_gradients(layer, n_train, values, float_idx, x, up, compiled):
     import torch
 
     def f(x, floats, others, up):
@@ -181,7 +178,9 @@ def np_conv(x, w, strides, padding, dilation, groups=1):
     def taps():
         for k in np.ndindex(*ksize):
             for o in np.ndindex(*out_shape):
-                pos = tuple(o[i] * strides[i] + k[i] * dilation[i] for i in range(rank))
+                pos = tuple(
+                    o[i] * strides[i] + k[i] * dilation[i] for i in range(rank)
+                )
                 yield k, o, pos
 
     y = np.zeros((x.shape[0], *out_shape, cout))
@@ -189,7 +188,9 @@ def np_conv(x, w, strides, padding, dilation, groups=1):
         for g in range(groups):
             xs = xp[(slice(None),) + pos + (slice(g * cin_g, (g + 1) * cin_g),)]
             ws = w[k + (slice(None), slice(g * cout_g, (g + 1) * cout_g))]
-            y[(slice(None),) + o + (slice(g * cout_g, (g + 1) * cout_g),)] += xs @ ws
+            y[(slice(None),) + o + (slice(g * cout_g, (g + 1) * cout_g),)] += (
+                xs @ ws
+            )
 
     def backward(dy, b):
         dy = np.asarray(dy, np.float64)
@@ -201,10 +202,15 @@ def np_conv(x, w, strides, padding, dilation, groups=1):
                 cin_s = slice(g * cin_g, (g + 1) * cin_g)
                 cout_s = slice(g * cout_g, (g + 1) * cout_g)
                 d = dy[(slice(None),) + o + (cout_s,)]
-                dxp[(slice(None),) + pos + (cin_s,)] += d @ b[k + (slice(None), cout_s)].T
-                dw[k + (slice(None), cout_s)] += xp[(slice(None),) + pos + (cin_s,)].T @ d
+                dxp[(slice(None),) + pos + (cin_s,)] += (
+                    d @ b[k + (slice(None), cout_s)].T
+                )
+                dw[k + (slice(None), cout_s)] += (
+                    xp[(slice(None),) + pos + (cin_s,)].T @ d
+                )
         crop = tuple(
-            slice(left, dxp.shape[1 + i] - right) for i, (left, right) in enumerate(pads)
+            slice(left, dxp.shape[1 + i] - right)
+            for i, (left, right) in enumerate(pads)
         )
         return dxp[(slice(None),) + crop + (slice(None),)], dw
 

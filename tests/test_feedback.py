@@ -8,10 +8,10 @@ B), `d kernel` is the local `x^T delta`, `d bias` is `sum delta`, and
 backprop fails here.
 """
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import keras_fa
 from tests.gradients import BACKEND
 from tests.gradients import glorot_scale
@@ -66,7 +66,9 @@ def _params():
             if name in COMPILED_CASES and (
                 BACKEND != "torch" or rule in ("fa", "kp")
             ):
-                yield pytest.param(name, rule, True, id=f"{name}-{rule}-compiled")
+                yield pytest.param(
+                    name, rule, True, id=f"{name}-{rule}-compiled"
+                )
 
 
 def _make_layer(case, rule, seed=7):
@@ -141,9 +143,7 @@ def test_gradients_match_closed_form(case, rule, compiled):
     x = rng.normal(size=input_shape).astype("float32")
     out_shape = layer.compute_output_shape(input_shape)
     upstream = rng.normal(size=out_shape).astype("float32")
-    state = (
-        _np(layer.feedback_seed_generator.state) if rule == "brsf" else None
-    )
+    state = _np(layer.feedback_seed_generator.state) if rule == "brsf" else None
     y, dx, grads, _ = layer_gradients(layer, x, upstream, compiled=compiled)
     if rule == "brsf" and compiled and BACKEND == "tensorflow":
         # XLA's random stream differs from eager TF's, so the magnitudes of
@@ -210,7 +210,9 @@ def test_brsf_recovered_feedback(layer_type, compiled):
         b = np.moveaxis(dx.reshape(units, *w.shape[:-1]), 0, -1)
         assert np.array_equal(np.sign(b), np.sign(w))
         assert not np.allclose(np.abs(b), np.abs(w), rtol=0.05)
-        limit = np.sqrt(6.0 / (np.prod(w.shape[:-1]) + np.prod(w.shape[:-2]) * units))
+        limit = np.sqrt(
+            6.0 / (np.prod(w.shape[:-1]) + np.prod(w.shape[:-2]) * units)
+        )
         assert np.abs(b).max() <= limit + 1e-6
         draws.append(b)
         layer.feedback_seed_generator.state.assign(state[-1])
@@ -222,15 +224,19 @@ def _mlp(rule, use_bias=True, seed=0):
     return keras.Sequential(
         [
             keras.Input((6,)),
-            keras_fa.FADense(8, activation="relu", feedback=rule, seed=1, use_bias=use_bias),
-            keras_fa.FADense(7, activation="tanh", feedback=rule, seed=2, use_bias=use_bias),
+            keras_fa.FADense(
+                8, activation="relu", feedback=rule, seed=1, use_bias=use_bias
+            ),
+            keras_fa.FADense(
+                7, activation="tanh", feedback=rule, seed=2, use_bias=use_bias
+            ),
             keras_fa.FADense(3, feedback=rule, seed=3, use_bias=use_bias),
         ]
     )
 
 
 def _np_fa_mlp_gradients(model, x, t, bs):
-    """The FA recursion in numpy for MSE: delta_l = (delta_{l+1} B^T) f'(a_l)."""
+    """FA in numpy for MSE: delta_l = (delta_{l+1} B^T) f'(a_l)."""
     hs, as_ = [x.astype(np.float64)], []
     for layer in model.layers:
         a = hs[-1] @ _np(layer.kernel) + _np(layer.bias)
@@ -269,9 +275,11 @@ def test_fit_step_is_the_predicted_fa_update(rule):
         w = _np(layer.kernel).astype(np.float64)
         bs.append(_expected_b(layer, rule, None))
     expected = _np_fa_mlp_gradients(model, x, t, bs)
-    before = [(_np(l.kernel), _np(l.bias)) for l in model.layers]
+    before = [(_np(lyr.kernel), _np(lyr.bias)) for lyr in model.layers]
     feedback_before = [
-        _np(l.feedback_kernel) for l in model.layers if hasattr(l, "feedback_kernel")
+        _np(lyr.feedback_kernel)
+        for lyr in model.layers
+        if hasattr(lyr, "feedback_kernel")
     ]
     lr = 0.1
     model.compile(keras.optimizers.SGD(lr), "mse")
@@ -280,11 +288,11 @@ def test_fit_step_is_the_predicted_fa_update(rule):
         np.testing.assert_allclose(_np(layer.kernel), w0 - lr * gw, atol=1e-5)
         np.testing.assert_allclose(_np(layer.bias), b0 - lr * gb, atol=1e-5)
     feedback_after = [
-        _np(l.feedback_kernel) for l in model.layers if hasattr(l, "feedback_kernel")
+        _np(lyr.feedback_kernel)
+        for lyr in model.layers
+        if hasattr(lyr, "feedback_kernel")
     ]
-    for layer, f0, f1, (gw, _) in zip(
-        model.layers, feedback_before, feedback_after, expected
-    ):
+    for f0, f1, (gw, _) in zip(feedback_before, feedback_after, expected):
         if rule == "kp":
             np.testing.assert_allclose(f1, f0 - lr * gw, atol=1e-5)
         else:
@@ -306,24 +314,29 @@ def test_feedback_is_fixed_in_training_and_kp_tracks_the_kernel():
     t = rng.normal(size=(64, 3)).astype("float32")
     for rule in ("fa", "frsf"):
         model = _mlp(rule)
-        b0 = [_np(l.feedback_kernel) for l in model.layers]
+        b0 = [_np(lyr.feedback_kernel) for lyr in model.layers]
         model.compile(keras.optimizers.Adam(0.01), "mse")
         model.fit(x, t, batch_size=16, epochs=2, verbose=0)
         for layer, b in zip(model.layers, b0):
             assert np.array_equal(_np(layer.feedback_kernel), b)
 
     model = _mlp("kp")
-    gap0 = [_np(l.kernel) - _np(l.feedback_kernel) for l in model.layers]
+    gap0 = [_np(lyr.kernel) - _np(lyr.feedback_kernel) for lyr in model.layers]
     model.compile(keras.optimizers.SGD(0.05), "mse")
     model.fit(x, t, batch_size=16, epochs=2, verbose=0)
     for layer, g in zip(model.layers, gap0):
         np.testing.assert_allclose(
             _np(layer.kernel) - _np(layer.feedback_kernel), g, atol=1e-5
         )
-        assert not np.allclose(_np(layer.feedback_kernel), _np(layer.kernel) - g + 1)
+        assert not np.allclose(
+            _np(layer.feedback_kernel), _np(layer.kernel) - g + 1
+        )
 
     model = _mlp("kp")
-    gaps = [np.linalg.norm(_np(l.kernel) - _np(l.feedback_kernel)) for l in model.layers]
+    gaps = [
+        np.linalg.norm(_np(lyr.kernel) - _np(lyr.feedback_kernel))
+        for lyr in model.layers
+    ]
     model.compile(keras.optimizers.SGD(0.05, weight_decay=0.1), "mse")
     model.fit(x, t, batch_size=16, epochs=5, verbose=0)
     for layer, g in zip(model.layers, gaps):
@@ -335,7 +348,11 @@ def test_feedback_is_fixed_in_training_and_kp_tracks_the_kernel():
 def test_brsf_redraws_every_training_step():
     """model.fit with brsf advances the feedback seed at every batch."""
     model = keras.Sequential(
-        [keras.Input((6,)), keras_fa.FADense(5, activation="relu", feedback="brsf", seed=0), keras_fa.FADense(2)]
+        [
+            keras.Input((6,)),
+            keras_fa.FADense(5, activation="relu", feedback="brsf", seed=0),
+            keras_fa.FADense(2),
+        ]
     )
     layer = model.layers[0]
     s0 = _np(layer.feedback_seed_generator.state).copy()
@@ -354,7 +371,15 @@ def test_fit_step_of_a_cnn_is_the_predicted_fa_update(rule):
     model = keras.Sequential(
         [
             keras.Input((6, 5, 2)),
-            keras_fa.FAConv2D(3, 3, strides=2, padding="same", activation="relu", feedback=rule, seed=1),
+            keras_fa.FAConv2D(
+                3,
+                3,
+                strides=2,
+                padding="same",
+                activation="relu",
+                feedback=rule,
+                seed=1,
+            ),
             keras.layers.Flatten(),
             keras_fa.FADense(2, feedback=rule, seed=2),
         ]
@@ -363,7 +388,9 @@ def test_fit_step_of_a_cnn_is_the_predicted_fa_update(rule):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(8, 6, 5, 2)).astype("float32")
     t = rng.normal(size=(8, 2)).astype("float32")
-    w1, b1, w2, b2 = (_np(v) for v in (conv.kernel, conv.bias, dense.kernel, dense.bias))
+    w1, b1, w2, b2 = (
+        _np(v) for v in (conv.kernel, conv.bias, dense.kernel, dense.bias)
+    )
     a1, backward = np_conv(x, w1, conv.strides, "same", conv.dilation_rate)
     a1 = a1 + b1
     h1 = np.maximum(a1, 0).reshape(8, -1)
@@ -376,7 +403,9 @@ def test_fit_step_of_a_cnn_is_the_predicted_fa_update(rule):
     lr = 0.1
     model.compile(keras.optimizers.SGD(lr), "mse")
     model.fit(x, t, batch_size=8, verbose=0, shuffle=False)
-    np.testing.assert_allclose(_np(dense.kernel), w2 - lr * h1.T @ delta2, atol=1e-5)
+    np.testing.assert_allclose(
+        _np(dense.kernel), w2 - lr * h1.T @ delta2, atol=1e-5
+    )
     np.testing.assert_allclose(_np(conv.kernel), w1 - lr * gw1, atol=1e-5)
     np.testing.assert_allclose(_np(conv.bias), b1 - lr * gb1, atol=1e-5)
     # Backprop would have given the conv kernel another update.
@@ -394,7 +423,10 @@ def test_get_resolves_names_configs_and_objects():
     assert feedback.get(rule) is rule
     assert feedback.get(feedback.deserialize(feedback.serialize(rule))) == rule
     assert feedback.get(feedback.serialize(rule)) == rule
-    assert isinstance(feedback.get(feedback.FixedRandomSignFeedback), feedback.FixedRandomSignFeedback)
+    assert isinstance(
+        feedback.get(feedback.FixedRandomSignFeedback),
+        feedback.FixedRandomSignFeedback,
+    )
     assert set(RULES) <= set(feedback.registered_names())
 
 
@@ -430,6 +462,8 @@ def test_a_new_rule_is_one_small_class():
     x = rng.normal(size=(2, 4)).astype("float32")
     up = rng.normal(size=(2, 3)).astype("float32")
     _, dx, _, _ = layer_gradients(layer, x, up)
-    np.testing.assert_allclose(dx, up @ (0.5 * _np(layer.kernel)).T, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        dx, up @ (0.5 * _np(layer.kernel)).T, rtol=RTOL, atol=ATOL
+    )
     config = layer.get_config()
     assert keras_fa.FADense.from_config(config).feedback == HalfBackprop()

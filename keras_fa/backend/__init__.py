@@ -4,8 +4,8 @@ Everything else in keras_fa is written with `keras.ops`. Two things cannot be:
 
 - `conv_backward`: the vector-Jacobian product of a convolution, with the input
   gradient taken through a kernel of our choosing (the feedback kernel) and the
-  kernel gradient taken from the layer input. Backprop computes exactly these two
-  products, so a feedback convolution costs what a backprop convolution costs.
+  kernel gradient taken from the layer input. Backprop computes exactly these
+  two products, so a feedback convolution costs what a backprop one costs.
 - `needs_gradient`: whether the backend will use the gradient of a tensor. Only
   torch can tell (and only torch would otherwise compute unused products);
   tensorflow and jax drop unused products at graph-compile time.

@@ -2,8 +2,8 @@
 
 torch runs eagerly, so tracing a forward convolution to differentiate it would
 cost a whole extra convolution. Instead we call the kernel torch's own autograd
-calls for a convolution, `aten.convolution_backward`, with the feedback kernel in
-place of the weight, after the same layout changes and padding that keras's
+calls for a convolution, `aten.convolution_backward`, with the feedback kernel
+in place of the weight, after the same layout changes and padding that keras's
 torch `ops.conv` applies in the forward pass.
 """
 
@@ -65,7 +65,9 @@ def conv_backward(
     pad = [0] * rank
     if padding == "same":
         pads = [
-            _same_padding(x.shape[2 + i], w.shape[2 + i], strides[i], dilation[i])
+            _same_padding(
+                x.shape[2 + i], w.shape[2 + i], strides[i], dilation[i]
+            )
             for i in range(rank)
         ]
         if all(left == right for left, right in pads):
