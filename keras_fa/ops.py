@@ -11,6 +11,19 @@ from keras import ops
 from keras_fa import backend
 
 
+def _feedback_gradients(rule, d_kernel, feedback, d_inputs):
+    # A learning feedback variable (kp) is read in the forward pass and used
+    # for d inputs, then written by the optimizer in the same step. Making its
+    # gradient wait for d inputs keeps that write after the read on every
+    # graph optimizer (tensorflow's grappler otherwise could reorder them).
+    grads = rule.feedback_gradients(d_kernel, feedback)
+    if d_inputs is None:
+        return grads
+    return tuple(
+        None if g is None else backend.after(g, d_inputs) for g in grads
+    )
+
+
 def _upstream(args, upstream):
     # torch passes the upstream gradient by keyword, tensorflow and jax by
     # position.
@@ -48,7 +61,7 @@ def feedback_matmul(inputs, kernel, rule, feedback=()):
                     ops.transpose(ops.reshape(x, (-1, x.shape[-1]))),
                     ops.reshape(dy, (-1, dy.shape[-1])),
                 )
-            return (dx, dw, *rule.feedback_gradients(dw, fb))
+            return (dx, dw, *_feedback_gradients(rule, dw, fb, dx))
 
         return ops.matmul(x, w), grad
 
@@ -86,7 +99,7 @@ def feedback_conv(
             dx, dw = backend.conv_backward(
                 x, b, dy, strides, padding, dilation_rate, data_format
             )
-            return (dx, dw, *rule.feedback_gradients(dw, fb))
+            return (dx, dw, *_feedback_gradients(rule, dw, fb, dx))
 
         y = ops.conv(
             x,

@@ -467,3 +467,30 @@ def test_a_new_rule_is_one_small_class():
     )
     config = layer.get_config()
     assert keras_fa.FADense.from_config(config).feedback == HalfBackprop()
+
+
+def test_kp_compiled_training_matches_eager_training():
+    """kp reads B in the forward pass and the optimizer writes B in the same
+    step: the compiled step must use the B the forward pass read (tensorflow's
+    graph optimizer once reordered them in about 1 of 8 models)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 20)).astype("float32")
+    t = rng.normal(size=(128, 5)).astype("float32")
+
+    def train(eager, seed):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.Input((20,)),
+                keras_fa.FADense(32, activation="relu", feedback="kp"),
+                keras_fa.FADense(32, activation="relu", feedback="kp"),
+                keras_fa.FADense(5, feedback="kp"),
+            ]
+        )
+        model.compile(keras.optimizers.SGD(0.05), "mse", run_eagerly=eager)
+        model.fit(x, t, batch_size=8, verbose=0, shuffle=False)
+        return model.get_weights()
+
+    for seed in range(6):
+        for a, b in zip(train(False, seed), train(True, seed)):
+            np.testing.assert_allclose(a, b, atol=1e-5)

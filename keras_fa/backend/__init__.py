@@ -6,6 +6,7 @@ Everything else in keras_fa is written with `keras.ops`. Two things cannot be:
   gradient taken through a kernel of our choosing (the feedback kernel) and the
   kernel gradient taken from the layer input. Backprop computes exactly these
   two products, so a feedback convolution costs what a backprop one costs.
+- `after`: orders a gradient after another (graph backends only).
 - `needs_gradient`: whether the backend will use the gradient of a tensor. Only
   torch can tell (and only torch would otherwise compute unused products);
   tensorflow and jax drop unused products at graph-compile time.
@@ -16,12 +17,15 @@ import keras
 _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
+    from keras_fa.backend.tensorflow import after
     from keras_fa.backend.tensorflow import conv_backward
     from keras_fa.backend.tensorflow import needs_gradient
 elif _BACKEND == "jax":
+    from keras_fa.backend.jax import after
     from keras_fa.backend.jax import conv_backward
     from keras_fa.backend.jax import needs_gradient
 elif _BACKEND == "torch":
+    from keras_fa.backend.torch import after
     from keras_fa.backend.torch import conv_backward
     from keras_fa.backend.torch import needs_gradient
 else:
@@ -31,4 +35,4 @@ else:
         "variable KERAS_BACKEND to one of the supported backends."
     )
 
-__all__ = ["conv_backward", "needs_gradient"]
+__all__ = ["after", "conv_backward", "needs_gradient"]

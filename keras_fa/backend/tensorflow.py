@@ -32,3 +32,9 @@ def conv_backward(
         outputs, [inputs, kernel], output_gradients=upstream
     )
     return d_inputs, d_kernel
+
+
+def after(x, dependency):
+    """Returns `x`, computed only once `dependency` has been."""
+    with tf.control_dependencies([dependency]):
+        return tf.identity(x)

@@ -66,6 +66,7 @@ class FeedbackRule:
     in place of the forward kernel W, while the gradient with respect to W stays
     the local one (`x^T delta` for a dense layer). A rule decides:
 
+    - `validate(layer)`: early checks of the layer's arguments;
     - `build(layer)`: which state the layer keeps for its feedback (usually a
       non-trainable `layer.feedback_kernel` with the kernel's shape);
     - `feedback_inputs(layer)`: the tensors the forward pass hands to the
@@ -81,6 +82,10 @@ class FeedbackRule:
     name = None
     #: True for exact backprop: the layer then uses the plain Keras op.
     exact = False
+
+    def validate(self, layer):
+        """Raises a ValueError if the rule cannot work with `layer`'s
+        arguments; called when the layer is constructed."""
 
     def build(self, layer):
         """Creates the feedback state on `layer` (none by default)."""

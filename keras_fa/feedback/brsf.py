@@ -18,7 +18,7 @@ class BatchRandomSignFeedback(FeedbackRule):
     and the generator's state is saved with the model.
     """
 
-    def build(self, layer):
+    def validate(self, layer):
         init = layer.feedback_initializer
         if "seed" not in init.get_config():
             raise ValueError(
@@ -27,6 +27,9 @@ class BatchRandomSignFeedback(FeedbackRule):
                 "initializer (e.g. 'glorot_uniform', 'he_normal', "
                 f"RandomNormal). Received: {init!r}"
             )
+
+    def build(self, layer):
+        init = layer.feedback_initializer
         layer.feedback_seed_generator = keras.random.SeedGenerator(
             layer.feedback_seed, name="feedback_seed_generator"
         )

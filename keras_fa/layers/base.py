@@ -82,6 +82,7 @@ class FeedbackMixin:
             self.feedback_initializer = type(self.feedback_initializer)(
                 **config
             )
+        self.feedback.validate(self)
 
     @property
     def kernel_shape_for_feedback(self):
