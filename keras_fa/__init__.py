@@ -7,10 +7,24 @@ torch backends.
 
 from keras_fa import feedback
 from keras_fa.convert import convert
+from keras_fa.direct import BlockGradient
+from keras_fa.direct import DirectFeedback
+from keras_fa.direct import DirectFeedbackModel
+from keras_fa.direct import direct_feedback
 from keras_fa.layers import FAConv1D
 from keras_fa.layers import FAConv2D
 from keras_fa.layers import FADense
 
 __version__ = "0.1.0"
 
-__all__ = ["FAConv1D", "FAConv2D", "FADense", "convert", "feedback"]
+__all__ = [
+    "BlockGradient",
+    "DirectFeedback",
+    "DirectFeedbackModel",
+    "direct_feedback",
+    "FAConv1D",
+    "FAConv2D",
+    "FADense",
+    "convert",
+    "feedback",
+]
