@@ -5,6 +5,7 @@ error through feedback weights chosen by a rule, on the tensorflow, jax and
 torch backends.
 """
 
+from keras_fa import datasets
 from keras_fa import feedback
 from keras_fa.convert import convert
 from keras_fa.direct import BlockGradient
@@ -26,5 +27,6 @@ __all__ = [
     "FAConv2D",
     "FADense",
     "convert",
+    "datasets",
     "feedback",
 ]
