@@ -39,6 +39,18 @@ def is_random_initializer(initializer):
     return "seed" in initializer.get_config()
 
 
+def standardize_seed(seed):
+    """Returns `seed` as a Python int (or None), or raises a clear error."""
+    if seed is None:
+        return None
+    # bool is an int in Python, but `seed=True` is a mistake.
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(
+            f"`seed` must be an integer or None. Received: seed={seed!r}"
+        )
+    return int(seed)  # numpy integers too; the config stays JSON
+
+
 def _value(tensor):
     # Custom-gradient ops need tensors, not variables (torch requires it).
     if isinstance(tensor, keras.Variable):
@@ -62,14 +74,7 @@ class FeedbackMixin:
             feedback_initializer
         )
         self._unseeded_feedback_initializer = self.feedback_initializer
-        if seed is not None:
-            # bool is an int in Python, but `seed=True` is a mistake.
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-                raise ValueError(
-                    "`seed` must be an integer or None. Received: "
-                    f"seed={seed!r}"
-                )
-            seed = int(seed)  # numpy integers too; the config stays JSON
+        seed = standardize_seed(seed)
         self.seed = seed
         self.feedback_seed = (
             None if seed is None else (seed + _FEEDBACK_SEED_OFFSET) % 2**31
