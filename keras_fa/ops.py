@@ -11,12 +11,12 @@ from keras import ops
 from keras_fa import backend
 
 
-def _feedback_gradients(rule, d_kernel, feedback, d_inputs):
-    # A learning feedback variable (kp) is read in the forward pass and used
+def _feedback_gradients(rule, d_kernel, feedback, kernel, d_inputs):
+    # A learning feedback variable (kp, wm) is read in the forward pass and used
     # for d inputs, then written by the optimizer in the same step. Making its
     # gradient wait for d inputs keeps that write after the read on every
     # graph optimizer (tensorflow's grappler otherwise could reorder them).
-    grads = rule.feedback_gradients(d_kernel, feedback)
+    grads = rule.feedback_gradients(d_kernel, feedback, kernel)
     if d_inputs is None:
         return grads
     return tuple(
@@ -35,7 +35,7 @@ def feedback_matmul(inputs, kernel, rule, feedback=()):
 
     Gradients: `d inputs = delta B^T` with `B = rule.backward_kernel(kernel,
     *feedback)`; `d kernel = x^T delta` summed over all leading axes;
-    `d feedback = rule.feedback_gradients(d kernel, feedback)`.
+    `d feedback = rule.feedback_gradients(d kernel, feedback, kernel)`.
 
     Args:
         inputs: tensor of shape `(..., in)`.
@@ -61,7 +61,7 @@ def feedback_matmul(inputs, kernel, rule, feedback=()):
                     ops.transpose(ops.reshape(x, (-1, x.shape[-1]))),
                     ops.reshape(dy, (-1, dy.shape[-1])),
                 )
-            return (dx, dw, *_feedback_gradients(rule, dw, fb, dx))
+            return (dx, dw, *_feedback_gradients(rule, dw, fb, w, dx))
 
         return ops.matmul(x, w), grad
 
@@ -99,7 +99,7 @@ def feedback_conv(
             dx, dw = backend.conv_backward(
                 x, b, dy, strides, padding, dilation_rate, data_format
             )
-            return (dx, dw, *_feedback_gradients(rule, dw, fb, dx))
+            return (dx, dw, *_feedback_gradients(rule, dw, fb, w, dx))
 
         y = ops.conv(
             x,

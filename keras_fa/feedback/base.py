@@ -72,8 +72,9 @@ class FeedbackRule:
     - `feedback_inputs(layer)`: the tensors the forward pass hands to the
       backward pass;
     - `backward_kernel(kernel, *feedback)`: the matrix B used in place of W;
-    - `feedback_gradients(d_kernel, feedback)`: gradients for the feedback
-      tensors (None: they do not learn).
+    - `feedback_gradients(d_kernel, feedback, kernel)`: gradients for the
+      feedback tensors (None: they do not learn), from the kernel's local
+      gradient (kp) or from the forward kernel itself (wm's mirror).
 
     Subclass it, override what differs, and register it with
     `keras_fa.feedback.register("name")`.
@@ -100,8 +101,17 @@ class FeedbackRule:
             f"{type(self).__name__} must implement `backward_kernel`."
         )
 
-    def feedback_gradients(self, d_kernel, feedback):
-        """Returns one gradient (or None) per tensor in `feedback`."""
+    def feedback_gradients(self, d_kernel, feedback, kernel):
+        """Returns one gradient (or None) per tensor in `feedback`.
+
+        Args:
+            d_kernel: the kernel's local gradient (`x^T delta` for a dense
+                layer), shaped like the kernel.
+            feedback: the tensors `feedback_inputs` returned.
+            kernel: the forward kernel W of this call (a value), for rules
+                whose feedback learns from what W does to a signal, as wm's
+                mirror phase does.
+        """
         return tuple(None for _ in feedback)
 
     def get_config(self):

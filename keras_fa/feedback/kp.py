@@ -30,5 +30,5 @@ class KolenPollack(FeedbackRule):
     def backward_kernel(self, kernel, *feedback):
         return feedback[0]
 
-    def feedback_gradients(self, d_kernel, feedback):
+    def feedback_gradients(self, d_kernel, feedback, kernel):
         return (d_kernel,)
