@@ -17,6 +17,7 @@ from keras_fa.feedback.fa import FeedbackAlignment
 from keras_fa.feedback.frsf import FixedRandomSignFeedback
 from keras_fa.feedback.kp import KolenPollack
 from keras_fa.feedback.usf import UniformSignFeedback
+from keras_fa.feedback.wm import WeightMirror
 
 
 def serialize(rule):
@@ -34,8 +35,8 @@ def get(identifier):
 
     Args:
         identifier: a registered name (`"bp"`, `"fa"`, `"usf"`, `"brsf"`,
-            `"frsf"`, `"kp"`, or one added with `register`), a config dict
-            from `serialize`, a `FeedbackRule` subclass or instance.
+            `"frsf"`, `"kp"`, `"wm"`, or one added with `register`), a config
+            dict from `serialize`, a `FeedbackRule` subclass or instance.
 
     Example:
 
@@ -75,6 +76,7 @@ __all__ = [
     "FixedRandomSignFeedback",
     "KolenPollack",
     "UniformSignFeedback",
+    "WeightMirror",
     "deserialize",
     "get",
     "register",
