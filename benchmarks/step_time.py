@@ -53,7 +53,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
 
 MODELS = ("mlp", "cnn")
-RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp")
+RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "drtp", "shallow")
+# Direct rules wrap the plain Keras model (keras_fa.direct_feedback).
+DIRECT_RULES = ("dfa", "drtp", "shallow")
 PLAIN = "keras"
 NUM_CLASSES = 10
 
@@ -149,7 +151,12 @@ class Variant:
         self.model_name = model_name
         self.name = PLAIN if feedback is None else feedback
         keras.utils.set_random_seed(0)
-        self.model = BUILDERS[model_name](feedback)
+        if feedback in DIRECT_RULES:
+            self.model = keras_fa.direct_feedback(
+                BUILDERS[model_name](None), feedback
+            )
+        else:
+            self.model = BUILDERS[model_name](feedback)
         self.model.compile(
             optimizer=keras.optimizers.Adam(1e-3),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -2,7 +2,9 @@
 
 The same network (two hidden layers of 256 ReLU units, built from
 `keras_fa.FADense`) starts from the same weights for every rule and trains
-with Adam on a data set that needs no download. It prints a Markdown table.
+with Adam on a data set that needs no download. The dfa row trains the same
+network of plain Keras layers through `keras_fa.direct_feedback`, which sends
+the output error straight to each hidden layer. It prints a Markdown table.
 
     python examples/demo.py                      # MNIST-1D, 1-2 minutes
     python examples/demo.py --dataset digits
@@ -24,7 +26,7 @@ import keras  # noqa: E402
 import keras_fa  # noqa: E402
 from keras_fa import datasets  # noqa: E402
 
-RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp")
+RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "dfa")
 LOADERS = {"mnist1d": datasets.load_mnist1d, "digits": datasets.load_digits}
 # Settings with which backprop is near its best test accuracy on each set
 # (the MNIST-1D paper reports about 68% for an MLP) in about 15 s a rule.
@@ -51,7 +53,14 @@ def train_and_evaluate(data, feedback, epochs, learning_rate, batch_size, seed):
     # The same seed for every rule: the same initial forward weights and the
     # same batches, so the rules differ only in their backward pass.
     keras.utils.set_random_seed(seed)
-    model = build_mlp(x_train.shape[1], int(y_train.max()) + 1, feedback)
+    if feedback == "dfa":
+        # Direct feedback: plain Keras layers, the error sent straight from
+        # the output to each hidden layer.
+        model = keras_fa.direct_feedback(
+            build_mlp(x_train.shape[1], int(y_train.max()) + 1, "bp"), "dfa"
+        )
+    else:
+        model = build_mlp(x_train.shape[1], int(y_train.max()) + 1, feedback)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
