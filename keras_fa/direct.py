@@ -306,7 +306,9 @@ def direct_feedback(
     last = starts[-1]
     for i, layer in enumerate(layers[:last]):
         x = layer(x)
-        if i + 1 in starts:
+        # Layers before the first kernel (Flatten, Rescaling...) form no
+        # block: tapping them would give B to an input with nothing to train.
+        if i + 1 in starts[1:]:
             taps.append(x)
             x = BlockGradient()(x)
     output_layer = layers[last]
