@@ -20,6 +20,7 @@ normalization, keras_fa layers).
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -98,12 +99,14 @@ class DirectFeedback(keras.layers.Layer):
                 f"{', '.join(DIRECT_RULES)}. (Layer-wise rules such as 'fa' "
                 "go to the layers: keras_fa.FADense(..., feedback='fa').)"
             )
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int)
-        ):
-            raise ValueError(
-                f"`seed` must be an integer or None. Received: seed={seed!r}"
-            )
+        if seed is not None:
+            # bool is an int in Python, but `seed=True` is a mistake.
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+                raise ValueError(
+                    "`seed` must be an integer or None. Received: "
+                    f"seed={seed!r}"
+                )
+            seed = int(seed)  # numpy integers too; the config stays JSON
         self.feedback = feedback.lower()
         self.seed = seed
         self._unseeded_feedback_initializer = get_feedback_initializer(
