@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp")
+RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "wm")
 INPUT_SHAPE = (6, 6, 2)
 
 

@@ -15,7 +15,7 @@ from keras import ops
 import keras_fa
 from tests import _cross_backend
 
-RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp")
+RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "wm")
 KINDS = ("dense", "conv1d", "conv2d")
 INPUT_SHAPES = {"dense": (6,), "conv1d": (7, 3), "conv2d": (6, 6, 2)}
 # How many feedback variables each rule keeps per layer: a fixed matrix (fa,
@@ -27,6 +27,7 @@ FEEDBACK_VARIABLES_PER_LAYER = {
     "brsf": 1,
     "frsf": 1,
     "kp": 1,
+    "wm": 2,  # B and the mirror's seed state
 }
 
 
@@ -233,8 +234,8 @@ def test_load_across_backends(tmp_path):
         saved = dict(np.load(tmp_path / f"{backend}_feedback.npz"))
         loaded = _cross_backend.feedback_variables(model)
         assert sorted(loaded) == sorted(saved)
-        # fa, frsf, kp: a matrix; brsf: a seed generator state.
-        assert len(saved) == 4
+        # fa, frsf, kp: a matrix; brsf: a seed generator state; wm: both.
+        assert len(saved) == 6
         for key, value in saved.items():
             assert np.array_equal(loaded[key], value), (backend, key)
         for layer in model.layers:

@@ -20,7 +20,7 @@ _CONV_DOC = """
         filters: number of output channels.
         kernel_size: size of the convolution window.
         feedback: the feedback rule: a name (`"fa"` (default), `"bp"`,
-            `"usf"`, `"brsf"`, `"frsf"`, `"kp"`), a config dict, or a
+            `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`), a config dict, or a
             `keras_fa.feedback.FeedbackRule`.
         feedback_initializer: initializer of the feedback kernel (fa, kp) or
             of its random magnitudes (frsf, brsf). Defaults to

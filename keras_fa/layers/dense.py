@@ -21,7 +21,7 @@ class FADense(FeedbackMixin, keras.layers.Dense):
     Args:
         units: Positive integer, dimensionality of the output space.
         feedback: the feedback rule: a name (`"fa"` (default), `"bp"`,
-            `"usf"`, `"brsf"`, `"frsf"`, `"kp"`), a config dict, or a
+            `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`), a config dict, or a
             `keras_fa.feedback.FeedbackRule`.
         feedback_initializer: initializer of the feedback matrix (fa, kp) or
             of its random magnitudes (frsf, brsf). Defaults to
