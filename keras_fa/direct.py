@@ -20,7 +20,6 @@ normalization, keras_fa layers).
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
@@ -28,6 +27,7 @@ from keras import ops
 from keras_fa.layers.base import _FEEDBACK_SEED_OFFSET
 from keras_fa.layers.base import get_feedback_initializer
 from keras_fa.layers.base import is_random_initializer
+from keras_fa.layers.base import standardize_seed
 
 DIRECT_RULES = ("dfa", "drtp", "shallow")
 
@@ -99,16 +99,8 @@ class DirectFeedback(keras.layers.Layer):
                 f"{', '.join(DIRECT_RULES)}. (Layer-wise rules such as 'fa' "
                 "go to the layers: keras_fa.FADense(..., feedback='fa').)"
             )
-        if seed is not None:
-            # bool is an int in Python, but `seed=True` is a mistake.
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-                raise ValueError(
-                    "`seed` must be an integer or None. Received: "
-                    f"seed={seed!r}"
-                )
-            seed = int(seed)  # numpy integers too; the config stays JSON
         self.feedback = feedback.lower()
-        self.seed = seed
+        self.seed = standardize_seed(seed)
         self._unseeded_feedback_initializer = get_feedback_initializer(
             feedback_initializer
         )
