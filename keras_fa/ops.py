@@ -11,16 +11,17 @@ from keras import ops
 from keras_fa import backend
 
 
-def _feedback_gradients(rule, d_kernel, feedback, kernel, d_inputs):
+def _feedback_gradients(rule, d_kernel, feedback, kernel):
     # A learning feedback variable (kp, wm) is read in the forward pass and used
     # for d inputs, then written by the optimizer in the same step. Making its
-    # gradient wait for d inputs keeps that write after the read on every
-    # graph optimizer (tensorflow's grappler otherwise could reorder them).
+    # gradient wait for the values read keeps that write after the read on
+    # every graph optimizer (tensorflow's grappler otherwise could reorder
+    # them), without forcing d inputs where nobody uses them.
     grads = rule.feedback_gradients(d_kernel, feedback, kernel)
-    if d_inputs is None:
+    if not feedback:
         return grads
     return tuple(
-        None if g is None else backend.after(g, d_inputs) for g in grads
+        None if g is None else backend.after(g, feedback) for g in grads
     )
 
 
@@ -61,7 +62,7 @@ def feedback_matmul(inputs, kernel, rule, feedback=()):
                     ops.transpose(ops.reshape(x, (-1, x.shape[-1]))),
                     ops.reshape(dy, (-1, dy.shape[-1])),
                 )
-            return (dx, dw, *_feedback_gradients(rule, dw, fb, w, dx))
+            return (dx, dw, *_feedback_gradients(rule, dw, fb, w))
 
         return ops.matmul(x, w), grad
 
@@ -99,7 +100,7 @@ def feedback_conv(
             dx, dw = backend.conv_backward(
                 x, b, dy, strides, padding, dilation_rate, data_format
             )
-            return (dx, dw, *_feedback_gradients(rule, dw, fb, w, dx))
+            return (dx, dw, *_feedback_gradients(rule, dw, fb, w))
 
         y = ops.conv(
             x,

@@ -33,6 +33,6 @@ def conv_backward(
     return vjp(upstream)
 
 
-def after(x, dependency):
+def after(x, dependencies):
     """Returns `x`: jax has no side effects to order."""
     return x

@@ -34,7 +34,7 @@ def conv_backward(
     return d_inputs, d_kernel
 
 
-def after(x, dependency):
-    """Returns `x`, computed only once `dependency` has been."""
-    with tf.control_dependencies([dependency]):
+def after(x, dependencies):
+    """Returns `x`, computed only once the `dependencies` have been."""
+    with tf.control_dependencies(list(dependencies)):
         return tf.identity(x)

@@ -108,6 +108,6 @@ def conv_backward(
     return dx, dw
 
 
-def after(x, dependency):
+def after(x, dependencies):
     """Returns `x`: torch runs eagerly, in program order."""
     return x
