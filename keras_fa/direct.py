@@ -24,9 +24,9 @@ import math
 import keras
 from keras import ops
 
-from keras_fa.layers.base import _FEEDBACK_SEED_OFFSET
+from keras_fa.layers.base import feedback_seed
 from keras_fa.layers.base import get_feedback_initializer
-from keras_fa.layers.base import is_random_initializer
+from keras_fa.layers.base import reseeded
 from keras_fa.layers.base import standardize_seed
 
 DIRECT_RULES = ("dfa", "drtp", "shallow")
@@ -108,11 +108,9 @@ class DirectFeedback(keras.layers.Layer):
         self.feedback_kernels = []
 
     def _initializer(self, index):
-        init = self._unseeded_feedback_initializer
-        if self.seed is None or not is_random_initializer(init):
-            return init
-        seed = (self.seed + _FEEDBACK_SEED_OFFSET + 7919 * index) % 2**31
-        return type(init)(**dict(init.get_config(), seed=seed))
+        return reseeded(
+            self._unseeded_feedback_initializer, feedback_seed(self.seed, index)
+        )
 
     def build(self, input_shape):
         if not isinstance(input_shape, (list, tuple)) or not isinstance(

@@ -148,6 +148,14 @@ def add_feedback_kernel(layer, trainable=False, **kwargs):
     )
 
 
+def add_feedback_seed_generator(layer):
+    """Adds `layer.feedback_seed_generator`, seeded by the layer's feedback
+    seed; the layer saves its state with the model."""
+    layer.feedback_seed_generator = keras.random.SeedGenerator(
+        layer.feedback_seed, name="feedback_seed_generator"
+    )
+
+
 def sign_times(kernel, magnitude):
     """Returns `sign(kernel) * magnitude`: a sign-concordant feedback."""
     return ops.multiply(ops.sign(kernel), magnitude)

@@ -1,9 +1,9 @@
 """Batchwise random-magnitude sign-concordant feedback (Moskovitz et al.)."""
 
-import keras
 from keras import ops
 
 from keras_fa.feedback.base import FeedbackRule
+from keras_fa.feedback.base import add_feedback_seed_generator
 from keras_fa.feedback.base import register
 from keras_fa.feedback.base import sign_times
 
@@ -30,9 +30,7 @@ class BatchRandomSignFeedback(FeedbackRule):
 
     def build(self, layer):
         init = layer.feedback_initializer
-        layer.feedback_seed_generator = keras.random.SeedGenerator(
-            layer.feedback_seed, name="feedback_seed_generator"
-        )
+        add_feedback_seed_generator(layer)
         config = dict(init.get_config(), seed=layer.feedback_seed_generator)
         layer._brsf_sampler = type(init)(**config)
 

@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import add_feedback_kernel
+from keras_fa.feedback.base import add_feedback_seed_generator
 from keras_fa.feedback.base import register
 
 
@@ -88,9 +89,7 @@ class WeightMirror(FeedbackRule):
 
     def build(self, layer):
         add_feedback_kernel(layer, trainable=True)
-        layer.feedback_seed_generator = keras.random.SeedGenerator(
-            layer.feedback_seed, name="feedback_seed_generator"
-        )
+        add_feedback_seed_generator(layer)
 
     def feedback_inputs(self, layer):
         fan_in = math.prod(layer.kernel_shape_for_feedback[:-1])

@@ -39,6 +39,22 @@ def is_random_initializer(initializer):
     return "seed" in initializer.get_config()
 
 
+def feedback_seed(seed, stream=0):
+    """Returns the seed of feedback stream `stream` derived from a user seed
+    (None stays None)."""
+    if seed is None:
+        return None
+    return (seed + _FEEDBACK_SEED_OFFSET + 7919 * stream) % 2**31
+
+
+def reseeded(initializer, seed):
+    """Returns a copy of a random initializer drawing from `seed`; returns
+    other initializers, or any initializer when `seed` is None, as they are."""
+    if seed is None or not is_random_initializer(initializer):
+        return initializer
+    return type(initializer)(**dict(initializer.get_config(), seed=seed))
+
+
 def standardize_seed(seed):
     """Returns `seed` as a Python int (or None), or raises a clear error."""
     if seed is None:
@@ -76,17 +92,10 @@ class FeedbackMixin:
         self._unseeded_feedback_initializer = self.feedback_initializer
         seed = standardize_seed(seed)
         self.seed = seed
-        self.feedback_seed = (
-            None if seed is None else (seed + _FEEDBACK_SEED_OFFSET) % 2**31
+        self.feedback_seed = feedback_seed(seed)
+        self.feedback_initializer = reseeded(
+            self.feedback_initializer, self.feedback_seed
         )
-        if self.feedback_seed is not None and is_random_initializer(
-            self.feedback_initializer
-        ):
-            config = self.feedback_initializer.get_config()
-            config["seed"] = self.feedback_seed
-            self.feedback_initializer = type(self.feedback_initializer)(
-                **config
-            )
         self.feedback.validate(self)
 
     @property
@@ -114,9 +123,7 @@ class FeedbackMixin:
             ops.cast(_value(t), self.compute_dtype)
             for t in self.feedback.feedback_inputs(self)
         )
-        return feedback_op(
-            inputs, kernel, self.feedback, feedback, **op_kwargs
-        )
+        return feedback_op(inputs, kernel, self.feedback, feedback, **op_kwargs)
 
     # Saving. The Keras layers store only kernel and bias in
     # `save_own_variables`; the feedback state follows them in the same store.
