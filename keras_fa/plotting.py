@@ -1,0 +1,380 @@
+"""PNG figures of alignment and accuracy over training.
+
+`plot_alignment` reads the records of a training run: a
+`keras.callbacks.History`, anything with the same `.history` attribute (and
+optionally `.steps`, per-step records), or a plain dict. It draws them on
+matplotlib's Agg canvas without `pyplot`, so it needs no display and leaves no
+global state behind. matplotlib is imported only when a figure is drawn
+(`pip install matplotlib`), and nothing here imports a Keras backend.
+"""
+
+import collections
+import contextlib
+import numbers
+import os
+import re
+import reprlib
+import uuid
+from collections.abc import Mapping
+
+import numpy as np
+
+# measure -> (what it is, y axis label). Unknown measures are still plotted,
+# labelled by their own name.
+_MEASURES = {
+    "weight_angle": ("angle between W and B", "degrees"),
+    "signal_angle": ("angle between feedback and backprop signals", "degrees"),
+    "update_angle": ("angle between feedback and backprop updates", "degrees"),
+    "norm_ratio": ("|B| / |W|", "|B| / |W|"),
+    "conservation": ("Q summed over the layer", "Q"),
+    "conservation_drift": (
+        "Q(t) - Q(0) summed over the layer",
+        "Q(t) - Q(0)",
+    ),
+    "conservation_drift_max": (
+        "largest |Q_i(t) - Q_i(0)| over neurons",
+        "max |Q_i(t) - Q_i(0)|",
+    ),
+}
+_ANGLE_ORDER = ("weight_angle", "signal_angle", "update_angle")
+# Panels of a layer's figure after its angles, when the layer has them.
+_LAYER_PANELS = ("norm_ratio", "conservation_drift")
+_STEP_KEY = "step"
+_STEP_LABEL = "training step"
+_EPOCH_LABEL = "epoch"
+# One panel's size in inches: a figure with n panels is n of them side by side.
+_PANEL_INCHES = (5.0, 3.5)
+# Longer series are drawn as bare lines; markers would blur into one.
+_MAX_MARKED_POINTS = 50
+
+_Panel = collections.namedtuple(
+    "_Panel", ["title", "xlabel", "ylabel", "angle", "lines"]
+)
+
+
+def plot_alignment(history, directory, *, layers=None, measures=None, dpi=100):
+    """Writes PNG figures of alignment and accuracy over training, per layer.
+
+    Alignment records are keyed `"<layer name>/<measure>"`, split at the last
+    `/` (so nested layer names keep theirs); everything else is a training
+    metric. Files are written only when they have something to show, and
+    missing values (`None`, NaN) are skipped:
+
+    - `training.png`: the losses in one panel and the metrics whose name
+      contains `"acc"` in another, against the epoch (from 1).
+    - `<measure>.png`, e.g. `weight_angle.png`: one line per layer. It uses
+      the per-step records (`history.steps`) where they hold the measure, and
+      the per-epoch ones otherwise. Angles, in degrees, get a dashed line at
+      90 degrees: no alignment.
+    - `layer_<layer name>.png`: that layer's angles in one panel, then its
+      `norm_ratio` and its `conservation_drift`. Characters outside
+      `[A-Za-z0-9_.-]` in file names become `_`.
+
+    Each file is first written to a temporary file in `directory`, then
+    renamed, so a file is either there whole or not at all.
+
+    Args:
+        history: a `keras.callbacks.History`, an object with a `.history`
+            dict of per-epoch lists and optionally a `.steps` dict of
+            per-step lists (with the global step numbers under `"step"`),
+            or a dict of per-epoch lists.
+        directory: where to write the figures; created if needed.
+        layers: names of the layers to plot, or `None` for all of them.
+        measures: names of the measures to plot (e.g. `["weight_angle"]`),
+            or `None` for all of them. `training.png` is written either way.
+        dpi: dots per inch: a figure of n panels is `500 * n` by `350`
+            pixels at 100 dpi.
+
+    Returns:
+        The sorted list of the paths of the files written.
+
+    Example:
+
+    >>> history = {"loss": [0.9, 0.4], "dense/weight_angle": [85.0, 40.0]}
+    >>> keras_fa.plot_alignment(history, "figures")
+    ['figures/layer_dense.png', 'figures/training.png',
+     'figures/weight_angle.png']
+    """
+    _import_matplotlib()
+    if (
+        not isinstance(dpi, numbers.Real)
+        or isinstance(dpi, bool)
+        or not dpi > 0
+    ):
+        raise ValueError(f"`dpi` must be a positive number. Received: {dpi!r}")
+    records = _records(history)
+    catalog = _catalog(records)
+    layers = _select("layers", layers, list(catalog))
+    available = list(dict.fromkeys(m for ms in catalog.values() for m in ms))
+    measures = _select("measures", measures, available)
+    catalog = {
+        layer: [m for m in catalog[layer] if m in measures] for layer in layers
+    }
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    used, paths = set(), []
+    for name, figure in _figures(records, catalog, dpi):
+        path = os.path.join(directory, _unique(name, used))
+        _save(figure, path)
+        paths.append(path)
+    return sorted(paths)
+
+
+def _import_matplotlib():
+    try:
+        from matplotlib.backends import backend_agg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "`plot_alignment` needs matplotlib: `pip install matplotlib`."
+        ) from error
+    return Figure, backend_agg.FigureCanvasAgg
+
+
+def _records(history):
+    """Returns `(epochs, steps)`: dicts of key -> 1-D float array."""
+    if isinstance(history, Mapping):
+        epochs, steps = history, None
+    elif isinstance(getattr(history, "history", None), Mapping):
+        epochs, steps = history.history, getattr(history, "steps", None)
+    else:
+        raise TypeError(
+            "`history` must be a `keras.callbacks.History`, an object with a "
+            "`.history` dict (and optionally a `.steps` dict), or a dict of "
+            f"lists. Received: {type(history).__name__}"
+        )
+    if steps is not None and not isinstance(steps, Mapping):
+        raise TypeError(
+            "`history.steps` must be a dict of per-step lists or None. "
+            f"Received: {type(steps).__name__}"
+        )
+    epochs = {key: _values(key, values) for key, values in epochs.items()}
+    steps = {key: _values(key, values) for key, values in (steps or {}).items()}
+    measured = [key for key in steps if key != _STEP_KEY]
+    if measured:
+        if _STEP_KEY not in steps:
+            raise ValueError(
+                "`history.steps` must hold the global step numbers under "
+                f"'{_STEP_KEY}'. Received keys: {sorted(steps)}"
+            )
+        for key in measured:
+            if steps[key].size != steps[_STEP_KEY].size:
+                raise ValueError(
+                    f"`history.steps[{key!r}]` has {steps[key].size} values "
+                    f"but `history.steps['{_STEP_KEY}']` has "
+                    f"{steps[_STEP_KEY].size}: they must match."
+                )
+    if not any(epochs[key].size for key in epochs) and not any(
+        steps[key].size for key in measured
+    ):
+        raise ValueError(
+            "`history` is empty: it must hold per-epoch lists such as "
+            "'loss' or 'dense/weight_angle'. Train the model first. "
+            f"Received keys: {sorted(epochs)}"
+        )
+    return epochs, steps
+
+
+def _values(key, values):
+    if not isinstance(key, str):
+        raise TypeError(f"History keys must be strings. Received: {key!r}")
+    try:
+        if isinstance(values, (str, bytes)):
+            raise TypeError("a string is not a list of numbers")
+        array = np.array(
+            [np.nan if value is None else value for value in values],
+            dtype="float64",
+        )
+        if array.ndim != 1:
+            raise TypeError("the values are not scalars")
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"History entry {key!r} must be a list of numbers (None or NaN "
+            f"where there is no value). Received: {reprlib.repr(values)}"
+        ) from error
+    return array
+
+
+def _catalog(records):
+    """Returns layer -> its measures, both in order of first appearance."""
+    epochs, steps = records
+    catalog = {}
+    for key in list(epochs) + [key for key in steps if key != _STEP_KEY]:
+        if "/" in key:
+            layer, _, measure = key.rpartition("/")
+            measures = catalog.setdefault(layer, [])
+            if measure not in measures:
+                measures.append(measure)
+    return catalog
+
+
+def _select(argument, names, available):
+    if names is None:
+        return list(available)
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ValueError(
+            f"Unknown {argument} {unknown}: `history` has alignment records "
+            f"for {argument} {available}."
+        )
+    return names
+
+
+def _series(records, key, use_steps=True):
+    """Returns `(x, y, x label)` of `key`, without its missing values.
+
+    The per-step records are used when `use_steps` and they hold a value of
+    `key`, the per-epoch ones (epochs counted from 1) otherwise.
+    """
+    epochs, steps = records
+    if use_steps and key in steps:
+        x, y = steps[_STEP_KEY], steps[key]
+        kept = np.isfinite(x) & np.isfinite(y)
+        if kept.any():
+            return x[kept], y[kept], _STEP_LABEL
+    y = epochs.get(key, np.empty(0))
+    x = np.arange(1, y.size + 1, dtype="float64")
+    kept = np.isfinite(y)
+    return x[kept], y[kept], _EPOCH_LABEL
+
+
+def _panels(title, ylabel, angle, lines):
+    """Panels of `(label, x, y, x label)` lines, one per x axis in use."""
+    by_xlabel = {}
+    for label, x, y, xlabel in lines:
+        if x.size:
+            by_xlabel.setdefault(xlabel, []).append((label, x, y))
+    return [
+        _Panel(title, xlabel, ylabel, angle, by_xlabel[xlabel])
+        for xlabel in (_STEP_LABEL, _EPOCH_LABEL)
+        if xlabel in by_xlabel
+    ]
+
+
+def _is_angle(measure):
+    return measure.endswith("angle")
+
+
+def _describe(measure):
+    default = "degrees" if _is_angle(measure) else measure
+    return _MEASURES.get(measure, (measure, default))
+
+
+def _figures(records, catalog, dpi):
+    """Yields `(file name, figure)` for each figure that has something."""
+    epochs, _ = records
+    metrics = [key for key in epochs if "/" not in key]
+    panels = []
+    for title, part in (("loss", "loss"), ("accuracy", "acc")):
+        keys = [key for key in metrics if part in key]
+        # Training metrics first, then their validation counterparts.
+        keys.sort(key=lambda key: key.startswith("val_"))
+        lines = [(key, *_series(records, key, False)) for key in keys]
+        panels += _panels(title, title, False, lines)
+    if panels:
+        yield "training.png", _draw(panels, "training", dpi)
+
+    all_measures = dict.fromkeys(m for ms in catalog.values() for m in ms)
+    for measure in all_measures:
+        description, ylabel = _describe(measure)
+        lines = [
+            (layer, *_series(records, f"{layer}/{measure}"))
+            for layer, measures in catalog.items()
+            if measure in measures
+        ]
+        panels = _panels(description, ylabel, _is_angle(measure), lines)
+        if panels:
+            figure = _draw(panels, f"{measure} per layer", dpi)
+            yield f"{_safe(measure)}.png", figure
+
+    for layer, measures in catalog.items():
+        # The known angles in their order, then the others as recorded.
+        angles = sorted(
+            filter(_is_angle, measures),
+            key=lambda m: (
+                _ANGLE_ORDER.index(m)
+                if m in _ANGLE_ORDER
+                else len(_ANGLE_ORDER)
+            ),
+        )
+        lines = [(m, *_series(records, f"{layer}/{m}")) for m in angles]
+        panels = _panels("angles", "degrees", True, lines)
+        for measure in _LAYER_PANELS:
+            if measure in measures:
+                description, ylabel = _describe(measure)
+                series = _series(records, f"{layer}/{measure}")
+                panels += _panels(
+                    description, ylabel, False, [(measure, *series)]
+                )
+        if panels:
+            figure = _draw(panels, f"layer {layer}", dpi)
+            yield f"layer_{_safe(layer)}.png", figure
+
+
+def _draw(panels, title, dpi):
+    """Returns a figure with `panels` side by side."""
+    from matplotlib.ticker import MaxNLocator
+
+    Figure, _ = _import_matplotlib()
+    width, height = _PANEL_INCHES
+    figure = Figure(
+        figsize=(width * len(panels), height), dpi=dpi, layout="constrained"
+    )
+    figure.suptitle(title)
+    grid = figure.subplots(1, len(panels), squeeze=False)
+    for axes, panel in zip(grid[0], panels):
+        for label, x, y in panel.lines:
+            marker = "o" if x.size <= _MAX_MARKED_POINTS else None
+            axes.plot(x, y, label=label, marker=marker, markersize=3)
+        if panel.angle:
+            axes.axhline(
+                90.0,
+                color="gray",
+                linestyle="--",
+                linewidth=1,
+                label="no alignment",
+            )
+        axes.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+        # Epochs and steps are counts: no tick at epoch 1.5.
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    return figure
+
+
+def _safe(name):
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
+
+
+def _unique(name, used):
+    """Returns `name`, or `name` numbered if an earlier figure took it."""
+    stem, extension = os.path.splitext(name)
+    candidate, number = name, 1
+    while candidate in used:
+        number += 1
+        candidate = f"{stem}_{number}{extension}"
+    used.add(candidate)
+    return candidate
+
+
+def _save(figure, path):
+    """Writes `figure` to `path` as a PNG file, whole or not at all."""
+    _, FigureCanvasAgg = _import_matplotlib()
+    directory, name = os.path.split(path)
+    # A name of our own, so that no other writer's temporary file is reused.
+    temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    canvas = FigureCanvasAgg(figure)
+    try:
+        # `print_png`, not `savefig`: the user's savefig rcParams (a tight
+        # bounding box, another dpi) would change the size of the image.
+        with open(temporary, "xb") as file:
+            canvas.print_png(file)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
