@@ -5,8 +5,11 @@ error through feedback weights chosen by a rule, on the tensorflow, jax and
 torch backends.
 """
 
+from keras_fa import alignment
+from keras_fa import callbacks
 from keras_fa import datasets
 from keras_fa import feedback
+from keras_fa import tracing
 from keras_fa.convert import convert
 from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
@@ -15,10 +18,14 @@ from keras_fa.direct import direct_feedback
 from keras_fa.layers import FAConv1D
 from keras_fa.layers import FAConv2D
 from keras_fa.layers import FADense
+from keras_fa.plotting import plot_alignment
+from keras_fa.training import AlignmentHistory
+from keras_fa.training import train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignmentHistory",
     "BlockGradient",
     "DirectFeedback",
     "DirectFeedbackModel",
@@ -26,7 +33,12 @@ __all__ = [
     "FAConv1D",
     "FAConv2D",
     "FADense",
+    "alignment",
+    "callbacks",
     "convert",
     "datasets",
     "feedback",
+    "plot_alignment",
+    "tracing",
+    "train",
 ]

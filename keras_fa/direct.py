@@ -24,6 +24,7 @@ import math
 import keras
 from keras import ops
 
+from keras_fa import tracing
 from keras_fa.layers.base import feedback_seed
 from keras_fa.layers.base import get_feedback_initializer
 from keras_fa.layers.base import reseeded
@@ -41,6 +42,11 @@ class BlockGradient(keras.layers.Layer):
     """
 
     def call(self, inputs):
+        # Alignment measures probe the tapped activation here too: under
+        # exact backprop its true gradient arrives through this layer.
+        inputs = tracing.probe(self, inputs)
+        if tracing.is_exact():
+            return inputs
         return ops.stop_gradient(inputs)
 
     def compute_output_shape(self, input_shape):
@@ -145,7 +151,10 @@ class DirectFeedback(keras.layers.Layer):
 
     def call(self, inputs):
         logits, *taps = inputs
+        taps = [tracing.probe(self, t, i) for i, t in enumerate(taps)]
         self._scratch.taps = taps
+        if tracing.is_exact():
+            return logits
         if self.feedback != "dfa" or not taps:
             # shallow: the taps get no gradient; drtp: theirs is added by
             # DirectFeedbackModel.compute_loss from the targets.
@@ -176,7 +185,7 @@ class DirectFeedback(keras.layers.Layer):
         """Returns drtp's surrogate loss: value 0, gradient `y* B_l / N` at
         each tap. Zero for other rules."""
         taps = self._scratch.taps
-        if self.feedback != "drtp" or not taps:
+        if self.feedback != "drtp" or not taps or tracing.is_exact():
             return ops.zeros((), dtype="float32")
         n_out = logits.shape[-1]
         y = ops.convert_to_tensor(y)

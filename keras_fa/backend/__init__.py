@@ -7,6 +7,8 @@ Everything else in keras_fa is written with `keras.ops`. Two things cannot be:
   kernel gradient taken from the layer input. Backprop computes exactly these
   two products, so a feedback convolution costs what a backprop one costs.
 - `after`: orders a gradient after another (graph backends only).
+- `value_and_grad` and `compile_function`: differentiate and compile a
+  function of tensors (alignment measures compare two gradients of a model).
 - `needs_gradient`: whether the backend will use the gradient of a tensor. Only
   torch can tell (and only torch would otherwise compute unused products);
   tensorflow and jax drop unused products at graph-compile time.
@@ -18,16 +20,22 @@ _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
     from keras_fa.backend.tensorflow import after
+    from keras_fa.backend.tensorflow import compile_function
     from keras_fa.backend.tensorflow import conv_backward
     from keras_fa.backend.tensorflow import needs_gradient
+    from keras_fa.backend.tensorflow import value_and_grad
 elif _BACKEND == "jax":
     from keras_fa.backend.jax import after
+    from keras_fa.backend.jax import compile_function
     from keras_fa.backend.jax import conv_backward
     from keras_fa.backend.jax import needs_gradient
+    from keras_fa.backend.jax import value_and_grad
 elif _BACKEND == "torch":
     from keras_fa.backend.torch import after
+    from keras_fa.backend.torch import compile_function
     from keras_fa.backend.torch import conv_backward
     from keras_fa.backend.torch import needs_gradient
+    from keras_fa.backend.torch import value_and_grad
 else:
     raise ImportError(
         f"keras_fa supports the Keras backends 'tensorflow', 'jax' and "
@@ -35,4 +43,10 @@ else:
         "variable KERAS_BACKEND to one of the supported backends."
     )
 
-__all__ = ["after", "conv_backward", "needs_gradient"]
+__all__ = [
+    "after",
+    "compile_function",
+    "conv_backward",
+    "needs_gradient",
+    "value_and_grad",
+]

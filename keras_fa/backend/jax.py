@@ -36,3 +36,15 @@ def conv_backward(
 def after(x, dependencies):
     """Returns `x`: jax has no side effects to order."""
     return x
+
+
+def value_and_grad(fn, diff_args, *args):
+    """Returns `(value, aux, grads)` of `value, aux = fn(diff_args, *args)`;
+    `grads` has the structure of `diff_args`."""
+    (value, aux), grads = jax.value_and_grad(fn, has_aux=True)(diff_args, *args)
+    return value, aux, grads
+
+
+def compile_function(fn):
+    """Returns `fn` compiled with `jax.jit`."""
+    return jax.jit(fn)

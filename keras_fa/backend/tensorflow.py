@@ -38,3 +38,20 @@ def after(x, dependencies):
     """Returns `x`, computed only once the `dependencies` have been."""
     with tf.control_dependencies(list(dependencies)):
         return tf.identity(x)
+
+
+def value_and_grad(fn, diff_args, *args):
+    """Returns `(value, aux, grads)` of `value, aux = fn(diff_args, *args)`;
+    `grads` has the structure of `diff_args`, zeros where unconnected."""
+    with tf.GradientTape() as tape:
+        tape.watch(diff_args)
+        value, aux = fn(diff_args, *args)
+    grads = tape.gradient(
+        value, diff_args, unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return value, aux, grads
+
+
+def compile_function(fn):
+    """Returns `fn` as a `tf.function` (a graph, without XLA)."""
+    return tf.function(fn, reduce_retracing=True)

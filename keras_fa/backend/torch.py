@@ -8,6 +8,7 @@ torch `ops.conv` applies in the forward pass.
 """
 
 import torch
+from keras import tree
 
 
 def needs_gradient(x):
@@ -111,3 +112,28 @@ def conv_backward(
 def after(x, dependencies):
     """Returns `x`: torch runs eagerly, in program order."""
     return x
+
+
+def value_and_grad(fn, diff_args, *args):
+    """Returns `(value, aux, grads)` of `value, aux = fn(diff_args, *args)`;
+    `grads` has the structure of `diff_args`, zeros where unconnected.
+    Returned tensors are detached from the autograd graph."""
+    leaves = [
+        torch.as_tensor(t).detach().requires_grad_(True)
+        for t in tree.flatten(diff_args)
+    ]
+    with torch.enable_grad():
+        value, aux = fn(tree.pack_sequence_as(diff_args, leaves), *args)
+        grads = torch.autograd.grad(value, leaves, allow_unused=True)
+    grads = [
+        torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)
+    ]
+    aux = tree.map_structure(
+        lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux
+    )
+    return value.detach(), aux, tree.pack_sequence_as(diff_args, grads)
+
+
+def compile_function(fn):
+    """Returns `fn`: torch runs eagerly."""
+    return fn

@@ -114,6 +114,20 @@ class FeedbackRule:
         """
         return tuple(None for _ in feedback)
 
+    def conservation_potential(self, kernel, backward_kernel):
+        """Returns phi(W), elementwise, of the rule's conservation law, or
+        None if the rule has none.
+
+        Under gradient flow, a hidden neuron i whose incoming weights are
+        `w_in` and whose outgoing kernel row is `w_out` (in the next layer,
+        which uses this rule) conserves `|w_in|^2 - 2 sum(phi(w_out))`, where
+        the gradient of phi with respect to W is the feedback B the rule uses
+        (Robertson & Koyejo 2024). A fixed B gives `phi = W * B`; a B that
+        moves with W as in backprop (B = W) or Kolen-Pollack (B - W fixed)
+        gives `phi = W * B - W^2 / 2`.
+        """
+        return None
+
     def get_config(self):
         """Returns the constructor arguments of the rule."""
         return {}
@@ -153,6 +167,21 @@ def add_feedback_seed_generator(layer):
     seed; the layer saves its state with the model."""
     layer.feedback_seed_generator = keras.random.SeedGenerator(
         layer.feedback_seed, name="feedback_seed_generator"
+    )
+
+
+def fixed_feedback_potential(kernel, backward_kernel):
+    """Conservation potential of a feedback B that is fixed, or fixed up to
+    the signs of W: `phi = W * B`."""
+    return ops.multiply(kernel, backward_kernel)
+
+
+def tied_feedback_potential(kernel, backward_kernel):
+    """Conservation potential of a feedback that moves with W, with B - W
+    fixed (backprop, Kolen-Pollack): `phi = W * B - W^2 / 2`."""
+    return ops.subtract(
+        ops.multiply(kernel, backward_kernel),
+        ops.multiply(0.5, ops.square(kernel)),
     )
 
 

@@ -2,6 +2,7 @@
 
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import register
+from keras_fa.feedback.base import tied_feedback_potential
 
 
 @register("bp")
@@ -16,3 +17,7 @@ class Backprop(FeedbackRule):
 
     def backward_kernel(self, kernel, *feedback):
         return kernel
+
+    def conservation_potential(self, kernel, backward_kernel):
+        """Returns `W^2 / 2` (`W * B - W^2 / 2` with B = W)."""
+        return tied_feedback_potential(kernel, backward_kernel)

@@ -2,6 +2,7 @@
 
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import add_feedback_kernel
+from keras_fa.feedback.base import fixed_feedback_potential
 from keras_fa.feedback.base import register
 
 
@@ -23,3 +24,7 @@ class FeedbackAlignment(FeedbackRule):
 
     def backward_kernel(self, kernel, *feedback):
         return feedback[0]
+
+    def conservation_potential(self, kernel, backward_kernel):
+        """Returns `W * B`: B is fixed."""
+        return fixed_feedback_potential(kernel, backward_kernel)

@@ -4,6 +4,7 @@ from keras import ops
 
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import add_feedback_kernel
+from keras_fa.feedback.base import fixed_feedback_potential
 from keras_fa.feedback.base import register
 from keras_fa.feedback.base import sign_times
 
@@ -24,3 +25,7 @@ class FixedRandomSignFeedback(FeedbackRule):
 
     def backward_kernel(self, kernel, *feedback):
         return sign_times(kernel, ops.abs(feedback[0]))
+
+    def conservation_potential(self, kernel, backward_kernel):
+        """Returns `W * B`: |R| is fixed, so the gradient in W is B."""
+        return fixed_feedback_potential(kernel, backward_kernel)

@@ -3,6 +3,7 @@
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import add_feedback_kernel
 from keras_fa.feedback.base import register
+from keras_fa.feedback.base import tied_feedback_potential
 
 
 @register("kp")
@@ -32,3 +33,7 @@ class KolenPollack(FeedbackRule):
 
     def feedback_gradients(self, d_kernel, feedback, kernel):
         return (d_kernel,)
+
+    def conservation_potential(self, kernel, backward_kernel):
+        """Returns `W * B - W^2 / 2`: B - W is fixed under plain SGD."""
+        return tied_feedback_potential(kernel, backward_kernel)

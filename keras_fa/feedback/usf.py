@@ -1,6 +1,7 @@
 """Uniform sign-concordant feedback (Liao, Leibo & Poggio, 2016)."""
 
 from keras_fa.feedback.base import FeedbackRule
+from keras_fa.feedback.base import fixed_feedback_potential
 from keras_fa.feedback.base import glorot_scale
 from keras_fa.feedback.base import register
 from keras_fa.feedback.base import sign_times
@@ -26,6 +27,10 @@ class UniformSignFeedback(FeedbackRule):
     def backward_kernel(self, kernel, *feedback):
         scale = glorot_scale(kernel.shape) if self.scale is None else self.scale
         return sign_times(kernel, scale)
+
+    def conservation_potential(self, kernel, backward_kernel):
+        """Returns `W * B`: B = sign(W) * scale, whose gradient in W is B."""
+        return fixed_feedback_potential(kernel, backward_kernel)
 
     def get_config(self):
         return {"scale": self.scale}

@@ -7,6 +7,7 @@ from keras import initializers
 from keras import ops
 
 from keras_fa import feedback as feedback_lib
+from keras_fa import tracing
 
 # Seeds for the feedback weights are mixed with this constant so that a layer
 # given `seed=s` and a kernel initializer seeded with `s` do not draw B == W,
@@ -117,13 +118,18 @@ class FeedbackMixin:
     def _apply_feedback(self, inputs, forward, feedback_op, **op_kwargs):
         """Runs the forward product with the rule's backward pass."""
         kernel = ops.cast(_value(self.kernel), self.compute_dtype)
-        if self.feedback.exact:
-            return forward(inputs, kernel)
-        feedback = tuple(
-            ops.cast(_value(t), self.compute_dtype)
-            for t in self.feedback.feedback_inputs(self)
-        )
-        return feedback_op(inputs, kernel, self.feedback, feedback, **op_kwargs)
+        if self.feedback.exact or tracing.is_exact():
+            outputs = forward(inputs, kernel)
+        else:
+            feedback = tuple(
+                ops.cast(_value(t), self.compute_dtype)
+                for t in self.feedback.feedback_inputs(self)
+            )
+            outputs = feedback_op(
+                inputs, kernel, self.feedback, feedback, **op_kwargs
+            )
+        # Where alignment is measured, a zero probe here receives delta.
+        return tracing.probe(self, outputs)
 
     # Saving. The Keras layers store only kernel and bias in
     # `save_own_variables`; the feedback state follows them in the same store.

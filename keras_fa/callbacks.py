@@ -1,0 +1,230 @@
+"""Callbacks that record alignment and conservation during `model.fit`.
+
+The measures go into the epoch logs, so `History`, `CSVLogger` and
+`TensorBoard` record them with no extra code. Like Keras's own callbacks that
+add to the logs (e.g. `ReduceLROnPlateau`), put them before the callbacks that
+read the logs in the `callbacks` list.
+"""
+
+import math
+import warnings
+
+import keras
+
+from keras_fa import alignment as alignment_lib
+
+_ACTIONS = ("warn", "stop", None)
+
+
+def _check_every(every):
+    if every is None:
+        return None
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(
+            f"`every` must be a positive number of training steps or None "
+            f"(only at the end of each epoch). Received: every={every!r}"
+        )
+    return every
+
+
+def _check_measures(measures, allowed):
+    if measures is None:
+        return tuple(allowed)
+    if isinstance(measures, str):
+        measures = (measures,)
+    measures = tuple(measures)
+    unknown = [m for m in measures if m not in allowed]
+    if unknown or not measures:
+        raise ValueError(
+            f"Unknown alignment measure(s) {unknown or measures!r}. "
+            f"Allowed: {', '.join(allowed)}."
+        )
+    return measures
+
+
+class _MeasureCallback(keras.callbacks.Callback):
+    """Shared by the callbacks: the meter, the schedule and the records.
+
+    Records are kept like Keras's `History`: `history` maps each key to its
+    per-epoch values; `steps` maps each key to its values at the measured
+    training steps, with the global step numbers under `"step"`.
+    """
+
+    def __init__(self, every, measures, allowed):
+        super().__init__()
+        self.every = _check_every(every)
+        self.measures = _check_measures(measures, allowed)
+        self.alignment = None
+        self.history = {}
+        self.steps = {}
+        self._step = 0
+
+    def _select(self, values):
+        return {
+            key: value
+            for key, value in values.items()
+            if key.rsplit("/", 1)[-1] in self.measures
+        }
+
+    def _measure(self):
+        raise NotImplementedError
+
+    def _record(self, table, values, **extra):
+        length = len(next(iter(table.values()))) if table else 0
+        for key, value in {**extra, **values}.items():
+            table.setdefault(key, [math.nan] * length).append(value)
+        for column in table.values():
+            if len(column) == length:
+                column.append(math.nan)
+
+    def on_train_begin(self, logs=None):
+        if self.alignment is None or self.alignment.model is not self.model:
+            self.alignment = alignment_lib.Alignment(self.model)
+        self.alignment.reset_reference()
+        self.history = {}
+        self.steps = {}
+        self._step = 0
+        if self.every is not None:
+            self._record(self.steps, self._measure(), step=0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.every is not None and self._step % self.every == 0:
+            self._record(self.steps, self._measure(), step=self._step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = self._measure()
+        self._record(self.history, values, epoch=epoch)
+        if logs is not None:
+            logs.update(values)
+
+
+class AlignmentCallback(_MeasureCallback):
+    """Adds per-layer alignment measures to the logs of `model.fit`.
+
+    At the end of every epoch (and every `every` training steps, if given)
+    it measures, on a fixed probe batch, each layer's `weight_angle`,
+    `norm_ratio`, `signal_angle` and `update_angle` against exact backprop,
+    and the conservation quantity with its drift since the start of
+    training (see `keras_fa.alignment`). Epoch values go into the logs as
+    `"<layer>/<measure>"`, so `History`, `CSVLogger` and `TensorBoard` record
+    them; step values are kept in `callback.steps`. Measuring costs about two
+    training steps on the probe batch.
+
+    Args:
+        probe_data: the batch to measure on: a tuple `(x, y)` or
+            `(x, y, sample_weight)` of arrays or tensors.
+        every: also measure every this many training steps (kept in
+            `steps`). None (default): only at the end of each epoch.
+        measures: the measures to record, a subset of
+            `keras_fa.alignment.MEASURES`. Default: all.
+
+    Example:
+
+    >>> align = keras_fa.callbacks.AlignmentCallback((x[:256], y[:256]))
+    >>> history = model.fit(x, y, epochs=10, callbacks=[align])
+    >>> history.history["fa_dense/update_angle"]
+    >>> keras_fa.plot_alignment(history, "figures")
+    """
+
+    def __init__(self, probe_data, every=None, measures=None):
+        super().__init__(every, measures, alignment_lib.MEASURES)
+        if not isinstance(probe_data, (tuple, list)) or len(probe_data) not in (
+            2,
+            3,
+        ):
+            raise ValueError(
+                "`probe_data` must be a tuple (x, y) or (x, y, "
+                f"sample_weight). Received: {type(probe_data).__name__}"
+                + (
+                    f" of length {len(probe_data)}"
+                    if isinstance(probe_data, (tuple, list))
+                    else ""
+                )
+            )
+        self.probe_data = tuple(probe_data)
+
+    def _measure(self):
+        return self._select(self.alignment.measure(*self.probe_data))
+
+
+class ConservationMonitor(_MeasureCallback):
+    """Watches the conservation law of Robertson & Koyejo during training.
+
+    For each layer whose hidden neurons have a conservation law, it logs the
+    layer's summed Q (`"<layer>/conservation"`), its drift since the start of
+    training (`conservation_drift`) and the largest per-neuron drift
+    (`conservation_drift_max`). Under plain SGD with a small learning rate,
+    with fa, usf, frsf, kp or bp, Q is constant up to a drift of the order of
+    the learning rate; momentum, Adam and weight decay break the law. It
+    needs no data: Q is a function of the weights.
+
+    Args:
+        every: also check every this many training steps (kept in
+            `steps`). None (default): only at the end of each epoch.
+        tolerance: largest per-neuron drift accepted, or None (no check).
+        action: what to do when a drift exceeds `tolerance`: `"warn"`
+            (default), `"stop"` (warn and stop training) or None.
+
+    Example:
+
+    >>> monitor = keras_fa.callbacks.ConservationMonitor(tolerance=1e-2)
+    >>> model.compile(keras.optimizers.SGD(1e-3), loss)
+    >>> model.fit(x, y, epochs=5, callbacks=[monitor])
+    >>> monitor.history["fa_dense/conservation_drift_max"]
+    """
+
+    def __init__(self, every=None, tolerance=None, action="warn"):
+        super().__init__(
+            every,
+            None,
+            ("conservation", "conservation_drift", "conservation_drift_max"),
+        )
+        if tolerance is not None and not float(tolerance) > 0:
+            raise ValueError(
+                "`tolerance` must be a positive number or None. Received: "
+                f"tolerance={tolerance!r}"
+            )
+        if action not in _ACTIONS:
+            raise ValueError(
+                f"`action` must be one of {_ACTIONS}. Received: {action!r}"
+            )
+        self.tolerance = None if tolerance is None else float(tolerance)
+        self.action = action
+        self.violations = []
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.violations = []
+        if not self.alignment.conservation_layers:
+            warnings.warn(
+                "ConservationMonitor found no layer with a conservation law "
+                "in this model: the law needs consecutive layers with a "
+                "kernel linked by ReLU, leaky ReLU or linear activations "
+                "(pooling, dropout, flatten allowed) whose next layer's rule "
+                "is bp, fa, usf, frsf or kp.",
+                stacklevel=2,
+            )
+
+    def _measure(self):
+        values = self._select(self.alignment.weights())
+        self._check(values)
+        return values
+
+    def _check(self, values):
+        if self.tolerance is None or self.action is None:
+            return
+        for key, value in values.items():
+            if key.endswith("/conservation_drift_max") and (
+                value > self.tolerance
+            ):
+                layer = key.rsplit("/", 1)[0]
+                self.violations.append((self._step, layer, value))
+                warnings.warn(
+                    f"Conservation law of layer '{layer}' drifted by "
+                    f"{value:.3g} (> tolerance {self.tolerance:.3g}) at "
+                    f"training step {self._step}.",
+                    stacklevel=2,
+                )
+                if self.action == "stop" and self.model is not None:
+                    self.model.stop_training = True
