@@ -17,6 +17,14 @@ import pytest  # noqa: E402
 
 BACKEND = keras.backend.backend()
 
+if BACKEND == "torch":
+    import torch
+
+    # The test models are small: on a 2-core machine shared with other jobs,
+    # torch's intra-op threads cost more than they give (a fit of 1500 tiny
+    # steps took 35 s with the default threads and 7 s with one).
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
