@@ -1,5 +1,7 @@
 """Convolution backward pass on the tensorflow backend."""
 
+import logging
+
 import tensorflow as tf
 from keras import ops
 
@@ -52,6 +54,25 @@ def value_and_grad(fn, diff_args, *args):
     return value, aux, grads
 
 
+class _NoRetracingWarning(logging.Filter):
+    # One function is compiled per measured model, from the same code:
+    # tensorflow then warns about "retracing", meant for functions created
+    # in a loop by mistake.
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def compile_function(fn):
     """Returns `fn` as a `tf.function` (a graph, without XLA)."""
-    return tf.function(fn, reduce_retracing=True)
+    compiled = tf.function(fn, reduce_retracing=True)
+
+    def call(*args):
+        logger = tf.get_logger()
+        quiet = _NoRetracingWarning()
+        logger.addFilter(quiet)
+        try:
+            return compiled(*args)
+        finally:
+            logger.removeFilter(quiet)
+
+    return call
