@@ -9,6 +9,7 @@ from keras_fa import alignment
 from keras_fa import callbacks
 from keras_fa import datasets
 from keras_fa import feedback
+from keras_fa import models
 from keras_fa import tracing
 from keras_fa.convert import convert
 from keras_fa.direct import BlockGradient
@@ -38,6 +39,7 @@ __all__ = [
     "convert",
     "datasets",
     "feedback",
+    "models",
     "plot_alignment",
     "tracing",
     "train",
