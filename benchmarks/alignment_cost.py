@@ -1,0 +1,782 @@
+"""Time what recording alignment adds to training.
+
+The target: tracking alignment every 100 steps adds less than 5% to the
+training time. For each model (FA MLPs and a small FA CNN, random data, no
+download) it times, side by side in one process, the variants interleaved
+(every repeat runs every variant once, in a rotated order, so drift in
+machine load hits all variants alike):
+
+1. `model.fit` with no callback: the baseline;
+2. `model.fit` with `keras_fa.callbacks.AlignmentCallback((x_probe,
+   y_probe), every=...)` on a fixed probe batch;
+3. `model.fit` with `keras_fa.callbacks.ConservationMonitor(every=...)`;
+
+and, reported separately,
+
+4. `keras_fa.train(model, x, y, every=k, verbose=0, shuffle=False)` for each
+   `--train-every` k, against a plain Python loop of `model.train_on_batch`
+   over the same batches. `train` records the cheap weight measures at every
+   step and the gradient-based angles every k steps.
+
+The variants of one model share the model (one compiled train step; the
+callback is the only difference), so the ratios do not mix in differences
+between model instances.
+
+A `model.fit` repeat times one epoch of `--steps` steps from the start of
+`on_train_begin` to the end of `on_train_end`, after a weight is read back
+(jax dispatches asynchronously), so it includes every measurement a callback
+makes: one at the start of training, one every `--every` steps and one at
+the end of the epoch. Before timing, each variant runs one short fit: the
+baseline's compiles the train step; a callback's first `on_train_begin`
+also finds the layers and compiles the measure functions. That one-time cost
+is reported in its own table and is not in the ratios. The `measure`
+columns split a callback's cost: the CPU time spent in its measure calls,
+and that time as a fraction of the baseline's, the rest of its overhead
+being what any callback with a per-batch hook costs.
+
+`keras_fa.train` builds a new `keras_fa.alignment.Alignment` at each call,
+so every call pays the discovery and the compiles again. A `train` repeat
+therefore times from the end of its first `train_on_batch` (the set-up, the
+step-0 measurement and the first step are done) to the end of the call; the
+loop is timed over the same window, and the set-up (the time up to the end
+of the first step, less the loop's) has its own column.
+
+It prints Markdown tables of medians (wall-clock and CPU ms/step, their
+ratios to the baseline) and, with `--output`, writes them to a file.
+
+    KERAS_BACKEND=jax python benchmarks/alignment_cost.py
+    python benchmarks/alignment_cost.py --backends tensorflow,jax,torch \\
+        --output benchmarks/results/alignment_cost_{backend}.md
+    python benchmarks/alignment_cost.py --quick
+
+`--backends` runs this script again once per backend (KERAS_BACKEND is read
+when keras is imported); `{backend}` in `--output` gives one file per
+backend, otherwise all go into one file.
+
+As in `benchmarks/step_time.py`: on a machine whose cores are busy with other
+work, wall-clock time swings from repeat to repeat, while the CPU time with
+one thread (`--threads 1`, the default here) hardly depends on other work;
+judge the ratios by the CPU ratio.
+"""
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+# Run from a checkout without installing: the package is next to benchmarks/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras_fa  # noqa: E402
+
+BACKENDS = ("tensorflow", "jax", "torch")
+MODELS = ("mlp", "mlp-wide", "cnn")
+RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp")
+NUM_CLASSES = 10
+BASELINE = "fit"
+CALLBACKS = ("AlignmentCallback", "ConservationMonitor")
+LOOP = "train_on_batch loop"
+
+
+def build_mlp(feedback):
+    """Returns an MLP 64-256-256-10 (inputs like the 8x8 digits)."""
+    return _mlp(feedback, 64, 256, "mlp")
+
+
+def build_mlp_wide(feedback):
+    """Returns an MLP 784-512-512-10 (inputs like MNIST)."""
+    return _mlp(feedback, 784, 512, "mlp_wide")
+
+
+def _mlp(feedback, inputs, hidden, name):
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras_fa.FADense(hidden, activation="relu", feedback=feedback),
+            keras_fa.FADense(hidden, activation="relu", feedback=feedback),
+            keras_fa.FADense(NUM_CLASSES, feedback=feedback),
+        ],
+        name=name,
+    )
+
+
+def build_cnn(feedback):
+    """Returns a small CNN for 8x8x1 images (like the digits)."""
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras_fa.FAConv2D(
+                16, 3, padding="same", activation="relu", feedback=feedback
+            ),
+            keras.layers.MaxPooling2D(2),
+            keras_fa.FAConv2D(
+                32, 3, padding="same", activation="relu", feedback=feedback
+            ),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras_fa.FADense(64, activation="relu", feedback=feedback),
+            keras_fa.FADense(NUM_CLASSES, feedback=feedback),
+        ],
+        name="cnn",
+    )
+
+
+BUILDERS = {"mlp": build_mlp, "mlp-wide": build_mlp_wide, "cnn": build_cnn}
+INPUT_SHAPES = {"mlp": (64,), "mlp-wide": (784,), "cnn": (8, 8, 1)}
+
+
+def make_data(model_name, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, *INPUT_SHAPES[model_name]), dtype=np.float32)
+    y = rng.integers(0, NUM_CLASSES, size=(n,)).astype("int32")
+    return x, y
+
+
+def build(model_name, rule, args):
+    keras.utils.set_random_seed(0)
+    model = BUILDERS[model_name](rule)
+    model.compile(
+        optimizer=keras.optimizers.SGD(args.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=args.jit_compile,
+    )
+    return model
+
+
+def _clock():
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start):
+    now = _clock()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def _sync(model):
+    # Reading a weight back waits for all queued work (jax dispatches
+    # asynchronously).
+    keras.ops.convert_to_numpy(model.trainable_weights[-1])
+
+
+class _FitTimer(keras.callbacks.Callback):
+    """Times a whole `fit`, from `on_train_begin` to `on_train_end`.
+
+    It goes first in the callback list, so its `on_train_begin` runs before
+    the other callbacks' and its `on_train_end` after their `on_epoch_end`.
+    It has no batch hooks, so it does not stop Keras from dispatching
+    batches asynchronously.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.start = None
+        self.seconds = None
+
+    def on_train_begin(self, logs=None):
+        self.start = _clock()
+
+    def on_train_end(self, logs=None):
+        _sync(self.model)
+        self.seconds = _since(self.start)
+
+
+def _timed(function, record):
+    """Returns `function` that also appends its (wall, CPU) seconds to
+    `record`."""
+
+    def wrapper(*args, **kwargs):
+        start = _clock()
+        result = function(*args, **kwargs)
+        record.append(_since(start))
+        return result
+
+    return wrapper
+
+
+class Timings:
+    """Per-step wall-clock and CPU seconds of the timed repeats."""
+
+    def __init__(self, name):
+        self.name = name
+        self.wall = []
+        self.cpu = []
+
+    def add(self, seconds, steps):
+        self.wall.append(seconds[0] / steps)
+        self.cpu.append(seconds[1] / steps)
+
+    def median(self):
+        return statistics.median(self.wall), statistics.median(self.cpu)
+
+
+class FitVariant(Timings):
+    """`model.fit` with one callback (or none), on a shared model."""
+
+    def __init__(self, name, model, callback, data, batch_size):
+        super().__init__(name)
+        self.model = model
+        self.callback = callback
+        self.x, self.y = data
+        self.batch_size = batch_size
+        self.begins = []  # (wall, CPU) of each on_train_begin
+        self.measures = []  # (wall, CPU) of each measurement
+        self.measures_per_fit = []
+        if callback is not None:
+            callback.on_train_begin = _timed(
+                callback.on_train_begin, self.begins
+            )
+            callback._measure = _timed(callback._measure, self.measures)
+
+    def fit(self, steps=None, timed=True):
+        """Runs one epoch of `steps` steps (default: all the data)."""
+        n = len(self.x) if steps is None else steps * self.batch_size
+        timer = _FitTimer()
+        callbacks = [timer] + ([self.callback] if self.callback else [])
+        before = len(self.measures)
+        self.model.fit(
+            self.x[:n],
+            self.y[:n],
+            batch_size=self.batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+        )
+        if timed:
+            self.add(timer.seconds, n // self.batch_size)
+            self.measures_per_fit.append(len(self.measures) - before)
+
+
+class TrainVariant(Timings):
+    """`keras_fa.train(every=k)`, or with `every=None` a plain loop of
+    `train_on_batch` over the same batches."""
+
+    def __init__(self, model, every, data, batch_size):
+        super().__init__(LOOP if every is None else f"train every={every}")
+        self.model = model
+        self.every = every
+        self.x, self.y = data
+        self.batch_size = batch_size
+        self.setup = []  # (wall, CPU) up to the end of the first step
+
+    def run(self, steps=None, timed=True):
+        n = len(self.x) if steps is None else steps * self.batch_size
+        x, y = self.x[:n], self.y[:n]
+        marks = []
+        plain = self.model.train_on_batch
+
+        def train_on_batch(*args, **kwargs):
+            result = plain(*args, **kwargs)
+            if not marks:
+                marks.append(_clock())
+            return result
+
+        # An instance attribute: `train` calls model.train_on_batch.
+        self.model.train_on_batch = train_on_batch
+        try:
+            start = _clock()
+            if self.every is None:
+                for i in range(0, n, self.batch_size):
+                    self.model.train_on_batch(
+                        x[i : i + self.batch_size], y[i : i + self.batch_size]
+                    )
+            else:
+                keras_fa.train(
+                    self.model,
+                    x,
+                    y,
+                    batch_size=self.batch_size,
+                    every=self.every,
+                    shuffle=False,
+                    verbose=0,
+                )
+            _sync(self.model)
+        finally:
+            del self.model.train_on_batch
+        if timed:
+            self.add(_since(marks[0]), n // self.batch_size - 1)
+            self.setup.append((marks[0][0] - start[0], marks[0][1] - start[1]))
+
+
+def _interleave(variants, repeats, run, label):
+    for r in range(repeats):
+        shift = r % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            run(variant)
+        print(
+            f"  {label} repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{v.name} {1e3 * v.cpu[-1]:.2f}" for v in variants)
+            + " CPU ms/step",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def benchmark_fit(model_name, rule, args):
+    """Returns the fit variants of one model, timed."""
+    data = make_data(model_name, args.steps * args.batch_size)
+    probe = make_data(model_name, args.probe, seed=1)
+    model = build(model_name, rule, args)
+    variants = [
+        FitVariant(BASELINE, model, None, data, args.batch_size),
+        FitVariant(
+            CALLBACKS[0],
+            model,
+            keras_fa.callbacks.AlignmentCallback(probe, every=args.every),
+            data,
+            args.batch_size,
+        ),
+        FitVariant(
+            CALLBACKS[1],
+            model,
+            keras_fa.callbacks.ConservationMonitor(every=args.every),
+            data,
+            args.batch_size,
+        ),
+    ]
+    # The first fit compiles the train step (and a callback's measure
+    # functions); the second warms caches. Short fits: the compiled
+    # functions do not depend on the number of steps.
+    warm = min(args.steps, args.every + 1)
+    for variant in variants:
+        variant.fit(warm, timed=False)
+        variant.fit(warm, timed=False)
+    _interleave(
+        variants,
+        args.repeats,
+        lambda v: v.fit(),
+        f"{model_name}/{rule} fit",
+    )
+    return variants
+
+
+def benchmark_train(model_name, rule, args):
+    """Returns the `keras_fa.train` variants of one model, timed."""
+    data = make_data(model_name, args.steps * args.batch_size)
+    model = build(model_name, rule, args)
+    variants = [TrainVariant(model, None, data, args.batch_size)] + [
+        TrainVariant(model, every, data, args.batch_size)
+        for every in args.train_every
+    ]
+    for variant in variants:
+        variant.run(2, timed=False)
+    _interleave(
+        variants,
+        args.repeats,
+        lambda v: v.run(),
+        f"{model_name}/{rule} train",
+    )
+    return variants
+
+
+def _ms(seconds):
+    return f"{1e3 * seconds:.2f}"
+
+
+def _paired(variant, baseline):
+    # Each repeat's CPU time over the baseline's in the same repeat (run
+    # next to each other): the median and the range of these ratios.
+    ratios = [v / b for v, b in zip(variant.cpu, baseline.cpu)]
+    return (
+        f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
+    )
+
+
+def fit_table(results):
+    lines = [
+        "| model | rule | variant | ms/step | ratio | min ms/step | "
+        "CPU ms/step | CPU ratio | paired CPU ratio (range) | measures/fit | "
+        "CPU ms/measure | measure share |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model_name, rule), variants in results:
+        base_wall, base_cpu = variants[0].median()
+        steps = len(variants[0].x) // variants[0].batch_size
+        for v in variants:
+            wall, cpu = v.median()
+            cells = ["", "", ""]
+            if v.callback is not None:
+                count = statistics.median(v.measures_per_fit)
+                # Skip the warm-up fits' measurements (the first compiles).
+                timed = [c for _, c in v.measures[-sum(v.measures_per_fit) :]]
+                per = statistics.median(timed)
+                cells = [
+                    f"{count:g}",
+                    _ms(per),
+                    f"{count * per / (steps * base_cpu):.3f}",
+                ]
+            lines.append(
+                f"| {model_name} | {rule} | {v.name} | {_ms(wall)} | "
+                f"{wall / base_wall:.3f} | {_ms(min(v.wall))} | {_ms(cpu)} | "
+                f"{cpu / base_cpu:.3f} | {_paired(v, variants[0])} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def once_table(results):
+    lines = [
+        "| model | rule | callback | first on_train_begin ms | CPU ms | "
+        "later on_train_begin ms | CPU ms |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for (model_name, rule), variants in results:
+        for v in variants[1:]:
+            first = v.begins[0]
+            later = v.begins[1:]
+            lines.append(
+                f"| {model_name} | {rule} | {v.name} | {_ms(first[0])} | "
+                f"{_ms(first[1])} | "
+                f"{_ms(statistics.median(w for w, _ in later))} | "
+                f"{_ms(statistics.median(c for _, c in later))} |"
+            )
+    return "\n".join(lines)
+
+
+def train_table(results):
+    lines = [
+        "| model | rule | variant | ms/step | ratio | min ms/step | "
+        "CPU ms/step | CPU ratio | paired CPU ratio (range) | set-up ms | "
+        "set-up CPU ms |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model_name, rule), variants in results:
+        base_wall, base_cpu = variants[0].median()
+        base_setup = [statistics.median(s) for s in zip(*variants[0].setup)]
+        for v in variants:
+            wall, cpu = v.median()
+            setup = ["", ""]
+            if v.every is not None:
+                setup = [
+                    _ms(statistics.median(s) - b)
+                    for s, b in zip(zip(*v.setup), base_setup)
+                ]
+            lines.append(
+                f"| {model_name} | {rule} | {v.name} | {_ms(wall)} | "
+                f"{wall / base_wall:.3f} | {_ms(min(v.wall))} | {_ms(cpu)} | "
+                f"{cpu / base_cpu:.3f} | {_paired(v, variants[0])} | "
+                + " | ".join(setup)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def limit_threads(threads):
+    """Makes the active backend compute with `threads` threads.
+
+    Must run before the backend computes anything (tensorflow's context and
+    jax's CPU client read their thread settings once).
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    elif backend == "jax":
+        flags = f"intra_op_parallelism_threads={threads}"
+        if threads == 1:
+            flags = "--xla_cpu_multi_thread_eigen=false " + flags
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}"
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def describe(args, resolved_jit):
+    """Returns a line that says what was measured, and where."""
+    backend = keras.backend.backend()
+    versions = [f"keras {keras.__version__}"]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        versions.append(f"tensorflow {tf.__version__}")
+    elif backend == "jax":
+        import jax
+
+        versions.append(f"jax {jax.__version__}")
+    elif backend == "torch":
+        import torch
+
+        versions.append(f"torch {torch.__version__}")
+    return (
+        f"Backend {backend} ({', '.join(versions)}), "
+        f"jit_compile={args.jit_compile!r} (resolved: {resolved_jit}), "
+        f"threads={args.threads or 'default'}, SGD({args.learning_rate}), "
+        f"batch size {args.batch_size}, probe batch {args.probe}, "
+        f"every={args.every}, {args.steps} steps per timed run, median of "
+        f"{args.repeats} interleaved repeats; "
+        f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, CPU only, Python "
+        f"{platform.python_version()}."
+    )
+
+
+def _load():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def report(args, fits, trains, load_before):
+    backend = keras.backend.backend()
+    model = (fits or trains)[0][1][0].model
+    parts = [
+        f"## {backend}",
+        describe(args, model.jit_compile),
+        f"Load average (1, 5, 15 min) before: {load_before}; after: {_load()}.",
+    ]
+    if fits:
+        parts += [
+            f"### model.fit with a callback, every={args.every}",
+            fit_table(fits),
+            "### One-time cost: a callback's first on_train_begin "
+            "(finds the layers, compiles the measure functions; not in the "
+            "ratios above)",
+            once_table(fits),
+        ]
+    if trains:
+        parts += [
+            "### keras_fa.train against a loop of train_on_batch",
+            train_table(trains),
+        ]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_atomically(path, text):
+    """Writes `text` to `path` through a temporary file and `os.replace`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def header(argv, backend=None):
+    command = " ".join(
+        ["python benchmarks/alignment_cost.py", *map(shlex.quote, argv)]
+    )
+    if backend is not None:
+        command = f"KERAS_BACKEND={backend} {command}"
+    return (
+        "# What recording alignment adds to training\n\n"
+        "Produced by `benchmarks/alignment_cost.py` (its docstring says "
+        "what each variant and column is):\n\n"
+        f"    {command}\n\n"
+        "Machine: a 2-core x86_64 CPU (no accelerator) shared with other "
+        "jobs, so wall-clock times are noisy; with one thread the CPU time "
+        "(process time) is the steadier measure. `ratio` and `CPU ratio` "
+        "divide a variant's median ms/step by the baseline's (plain "
+        "`model.fit`, or the `train_on_batch` loop).\n"
+    )
+
+
+def _names(text, allowed, flag):
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise SystemExit(
+            f"{flag}: unknown or empty {unknown or text!r}; "
+            f"choose from {','.join(allowed)}"
+        )
+    return names
+
+
+def _everys(text):
+    try:
+        values = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, got {text!r}"
+        )
+    return values
+
+
+def _jit_compile(text):
+    return {"auto": "auto", "true": True, "false": False}[text.lower()]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--backends",
+        help="comma-separated: " + ",".join(BACKENDS) + "; runs the script "
+        "once per backend (default: the active one, in this process)",
+    )
+    parser.add_argument(
+        "--models",
+        default="mlp,mlp-wide,cnn",
+        help="comma-separated: " + ",".join(MODELS),
+    )
+    parser.add_argument(
+        "--train-models",
+        default="mlp",
+        help="models for the keras_fa.train table (comma-separated, or 'none')",
+    )
+    parser.add_argument(
+        "--rules",
+        default="fa",
+        help="comma-separated feedback rules: " + ",".join(RULES),
+    )
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="training steps per timed run"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per variant"
+    )
+    parser.add_argument(
+        "--every", type=int, default=100, help="the callbacks' `every`"
+    )
+    parser.add_argument(
+        "--train-every",
+        type=_everys,
+        default=[100, 10, 1],
+        help="comma-separated `every` values of keras_fa.train",
+    )
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--probe", type=int, default=256, help="AlignmentCallback probe batch"
+    )
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument(
+        "--jit-compile",
+        type=_jit_compile,
+        default="auto",
+        help="passed to model.compile: auto, true or false",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads the backend computes with (0: its own choice)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny configuration, for a smoke test",
+    )
+    parser.add_argument(
+        "--output",
+        help="also write the tables (Markdown) to this file; '{backend}' in "
+        "it gives one file per backend",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats, args.every = 60, 1, 20
+        args.train_every, args.probe = [20, 1], 32
+        args.batch_size = 32
+    args.models = _names(args.models, MODELS, "--models")
+    args.train_models = (
+        []
+        if args.train_models.strip() == "none"
+        else _names(args.train_models, MODELS, "--train-models")
+    )
+    args.rules = _names(args.rules, RULES, "--rules")
+    args.backends = (
+        None
+        if args.backends is None
+        else _names(args.backends, BACKENDS, "--backends")
+    )
+    if min(args.repeats, args.steps, args.batch_size, args.probe) < 1:
+        parser.error("--repeats, --steps, --batch-size, --probe must be >= 1")
+    if args.every < 1 or args.threads < 0:
+        parser.error("--every must be >= 1 and --threads >= 0")
+    if args.steps < 2:
+        parser.error("--steps must be >= 2")
+    return args
+
+
+def run_backends(args, argv):
+    """Runs this script once per backend; returns their reports."""
+    reports = {}
+    rest = []
+    skip = False
+    for item in argv:
+        # The children get one backend each and write no file.
+        if skip:
+            skip = False
+            continue
+        if item in ("--backends", "--output"):
+            skip = True
+            continue
+        if item.startswith(("--backends=", "--output=")):
+            continue
+        rest.append(item)
+    for backend in args.backends:
+        print(f"{backend}:", file=sys.stderr, flush=True)
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        child = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), *rest],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
+        reports[backend] = child.stdout
+    return reports
+
+
+def run_here(args):
+    load_before = _load()
+    if args.threads:
+        limit_threads(args.threads)
+    fits = [
+        ((name, rule), benchmark_fit(name, rule, args))
+        for name in args.models
+        for rule in args.rules
+    ]
+    trains = [
+        ((name, rule), benchmark_train(name, rule, args))
+        for name in args.train_models
+        for rule in args.rules
+    ]
+    return report(args, fits, trains, load_before)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    here = keras.backend.backend()
+    if args.backends in (None, [here]):
+        reports = {here: run_here(args)}
+        print(reports[here])
+        # The command line alone does not say which backend ran.
+        argv_backend = here if args.backends is None else None
+    else:
+        argv_backend = None
+        reports = run_backends(args, argv)
+        for text in reports.values():
+            print(text)
+    if args.output:
+        if "{backend}" in args.output:
+            for backend, text in reports.items():
+                path = args.output.replace("{backend}", backend)
+                write_atomically(path, f"{header(argv, argv_backend)}\n{text}")
+        else:
+            write_atomically(
+                args.output,
+                header(argv, argv_backend) + "\n" + "\n".join(reports.values()),
+            )
+
+
+if __name__ == "__main__":
+    main()
