@@ -58,6 +58,7 @@ class _MeasureCallback(keras.callbacks.Callback):
         self.history = {}
         self.steps = {}
         self._step = 0
+        self._epoch_start = 0
 
     def _select(self, values):
         return {
@@ -84,12 +85,21 @@ class _MeasureCallback(keras.callbacks.Callback):
         self.history = {}
         self.steps = {}
         self._step = 0
+        self._epoch_start = 0
         if self.every is not None:
             self._record(self.steps, self._measure(), step=0)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._step
+
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self.every is not None and self._step % self.every == 0:
+        # With `steps_per_execution` > 1, Keras calls this once per
+        # execution, `batch` being the index of its last step in the epoch.
+        previous = self._step
+        self._step = self._epoch_start + batch + 1
+        if self.every is not None and (
+            self._step // self.every > previous // self.every
+        ):
             self._record(self.steps, self._measure(), step=self._step)
 
     def on_epoch_end(self, epoch, logs=None):
