@@ -47,8 +47,12 @@ TEST = [
     "tensorflow-datasets",
     "importlib_resources",
     "matplotlib",
+    # Keras's TensorBoard callback writes through it; tensorflow-cpu does
+    # not install it.
+    "tensorboard",
 ]
-EXTRAS = {**BACKENDS, "data": DATA, "test": TEST}
+PLOTS = ["matplotlib"]
+EXTRAS = {**BACKENDS, "data": DATA, "plots": PLOTS, "test": TEST}
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
 setuptools.setup(

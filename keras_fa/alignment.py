@@ -162,6 +162,9 @@ class _Pair:
         self.next_layer = next_layer
         self.flattened = flattened
 
+    def pair_layers(self):
+        return [self.layer, self.next_layer]
+
     def potential(self, kernel, backward):
         if isinstance(self.next_layer, FeedbackMixin):
             return self.next_layer.feedback.conservation_potential(
@@ -270,9 +273,21 @@ class Alignment:
         )
         self._pairs = _conservation_pairs(model, kernel_layers)
         self._layer_names = [layer.name for layer in kernel_layers]
+        # The weight measures read only these layers' variables.
+        weight_layers = self._feedback_layers + [
+            layer for pair in self._pairs for layer in pair.pair_layers()
+        ]
+        self._weight_variables = []
+        seen = set()
+        for layer in weight_layers:
+            for variable in layer.variables:
+                if id(variable) not in seen:
+                    seen.add(id(variable))
+                    self._weight_variables.append(variable)
         self.reference = None
         self._shapes = {}
         self._functions = {}
+        self._rewind = _no_op
 
     # -- discovery --------------------------------------------------------
 
@@ -333,7 +348,11 @@ class Alignment:
         )
         if key not in self._shapes:
             trainable, non_trainable, _ = self._state()
-            with tracing.recording() as shapes, tracing.exact_backprop():
+            with (
+                tracing.recording() as shapes,
+                tracing.exact_backprop(),
+                backend.preserve_random_state(),
+            ):
                 self.model.stateless_call(trainable, non_trainable, x)
             self._shapes[key] = {
                 name: shapes[k]
@@ -344,11 +363,9 @@ class Alignment:
 
     # -- traced computations ----------------------------------------------
 
-    def _weights(self, trainable, non_trainable):
+    def _weights(self, mapping):
         out = {}
-        with keras.StatelessScope(
-            state_mapping=self._mapping(trainable, non_trainable)
-        ):
+        with keras.StatelessScope(state_mapping=mapping):
             for layer in self._feedback_layers:
                 w, b = _kernels(layer)
                 out[f"{layer.name}/weight_angle"] = _angle(w, b)
@@ -363,6 +380,8 @@ class Alignment:
         trainable, non_trainable, metrics = state
         names = list(shapes)
         zeros = [ops.zeros(shapes[name], dtype="float32") for name in names]
+        # Both passes draw the same unseeded random numbers (torch dropout).
+        self._rewind()
 
         def loss_fn(diff, non_trainable, metrics, x, y, sample_weight):
             trainable, probes = diff
@@ -410,12 +429,10 @@ class Alignment:
         )
         return loss, list(d_trainable), dict(zip(names, d_probes))
 
-    def _measure_fn(self, shapes, with_gradients):
+    def _measure_fn(self, shapes):
         def measure(state, x, y, sample_weight):
             trainable, non_trainable, _ = state
-            out, q = self._weights(trainable, non_trainable)
-            if not with_gradients:
-                return out, q
+            out, q = self._weights(self._mapping(trainable, non_trainable))
             _, rule_grads, rule_signals = self._gradients(
                 state, x, y, sample_weight, shapes, exact=False
             )
@@ -431,16 +448,26 @@ class Alignment:
                 out[f"{name}/update_angle"] = _angle(
                     rule_grads[i], true_grads[i]
                 )
-            return out, q
+            return _flatten(out, q)
 
         return backend.compile_function(measure)
+
+    def _weights_fn(self):
+        def weights(values):
+            return _flatten(
+                *self._weights(list(zip(self._weight_variables, values)))
+            )
+
+        return backend.compile_function(weights)
 
     def _compiled(self, key, shapes, kind):
         if (key, kind) not in self._functions:
             if kind == "gradients":
                 fn = self._gradients_fn(shapes)
+            elif kind == "weights":
+                fn = self._weights_fn()
             else:
-                fn = self._measure_fn(shapes, kind == "measure")
+                fn = self._measure_fn(shapes)
             self._functions[(key, kind)] = fn
         return self._functions[(key, kind)]
 
@@ -457,6 +484,17 @@ class Alignment:
         return rule, true
 
     # -- public API ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _replaying(self):
+        # The global random state (torch's unseeded dropout) is replayed for
+        # each pass and restored after: training never sees a measurement.
+        with backend.preserve_random_state() as rewind:
+            self._rewind = rewind
+            try:
+                yield
+            finally:
+                self._rewind = _no_op
 
     def _check_compiled(self):
         if not getattr(self.model, "compiled", False):
@@ -493,7 +531,8 @@ class Alignment:
         key, shapes = self._probe_shapes(x)
         rule, true = self._compiled(key, shapes, "gradients")
         fn = true if exact else rule
-        _, grads, signals = fn(self._state(), x, y, sample_weight)
+        with self._replaying():
+            _, grads, signals = fn(self._state(), x, y, sample_weight)
         to_numpy = ops.convert_to_numpy
         return (
             [to_numpy(g) for g in grads],
@@ -513,12 +552,24 @@ class Alignment:
 
     def _run_weights(self):
         fn = self._compiled(None, None, "weights")
-        trainable, non_trainable, metrics = self._state()
-        out, q = fn((trainable, non_trainable, metrics), None, None, None)
-        return (
-            {k: float(ops.convert_to_numpy(v)) for k, v in out.items()},
-            {k: np.asarray(ops.convert_to_numpy(v)) for k, v in q.items()},
-        )
+        if hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()
+        flat = fn([v.value for v in self._weight_variables])
+        return self._unflatten(flat)
+
+    def _unflatten(self, flat, signals=None):
+        # One array comes back from the device; the layout is known here.
+        flat = np.asarray(ops.convert_to_numpy(flat), dtype=np.float64)
+        out, q, i = {}, {}, 0
+        for key in self._scalar_keys(signals):
+            out[key] = float(flat[i])
+            i += 1
+        for pair in self._pairs:
+            size = pair.layer.kernel.shape[-1]
+            q[pair.layer.name] = flat[i : i + size]
+            i += size
+        assert i == flat.size, "alignment measures: layout mismatch"
+        return out, q
 
     def weights(self):
         """Returns the measures that need no data: `weight_angle`,
@@ -545,10 +596,22 @@ class Alignment:
         x, y, sample_weight = self._prepare(x, y, sample_weight)
         key, shapes = self._probe_shapes(x)
         fn = self._compiled(key, shapes, "measure")
-        out, q = fn(self._state(), x, y, sample_weight)
-        out = {k: float(ops.convert_to_numpy(v)) for k, v in out.items()}
-        q = {k: np.asarray(ops.convert_to_numpy(v)) for k, v in q.items()}
+        with self._replaying():
+            flat = fn(self._state(), x, y, sample_weight)
+        out, q = self._unflatten(flat, signals=shapes)
         return self._ordered({**out, **self._conservation_measures(q)})
+
+    def _scalar_keys(self, signals):
+        # The order in which `_weights` and `_measure_fn` fill their dict.
+        keys = []
+        for layer in self._feedback_layers:
+            keys += [f"{layer.name}/weight_angle", f"{layer.name}/norm_ratio"]
+        if signals is not None:
+            for name in self._layer_names:
+                if name in signals:
+                    keys.append(f"{name}/signal_angle")
+                keys.append(f"{name}/update_angle")
+        return keys
 
     def _conservation_measures(self, q):
         out = {}
@@ -571,6 +634,19 @@ class Alignment:
             return order.get(name, len(order)), rank.get(measure, len(rank))
 
         return dict(sorted(values.items(), key=sort_key))
+
+
+def _no_op():
+    pass
+
+
+def _flatten(out, q):
+    # Scalars in insertion order, then each layer's Q: one array to fetch.
+    parts = [ops.reshape(ops.cast(v, "float32"), (1,)) for v in out.values()]
+    parts += [ops.cast(v, "float32") for v in q.values()]
+    if not parts:
+        return ops.zeros((0,), dtype="float32")
+    return ops.concatenate(parts)
 
 
 def _kernel_layer_above(tensor, kernel_layers):

@@ -27,15 +27,6 @@ from tests.conftest import BACKEND
 CONSERVATION = ("conservation", "conservation_drift", "conservation_drift_max")
 # 64 examples in batches of 16: 4 training steps an epoch.
 STEPS_PER_EPOCH = 4
-# Known bug, reported: on torch, Keras draws an unseeded Dropout's masks
-# from torch's global generator, which the measuring passes of
-# keras_fa.alignment advance, and the rule's and backprop's passes get
-# different masks.
-UNSEEDED_DROPOUT_ON_TORCH = pytest.mark.xfail(
-    BACKEND == "torch",
-    strict=True,
-    reason="alignment measures advance torch's global generator",
-)
 
 
 def _data(n=64, seed=0):
@@ -257,7 +248,9 @@ def test_every_counts_steps_with_steps_per_execution():
 
 @pytest.mark.parametrize(
     "dropout_seed",
-    [2, pytest.param(None, marks=UNSEEDED_DROPOUT_ON_TORCH)],
+    # On torch, Keras draws an unseeded Dropout's masks from torch's global
+    # generator: the measurement must replay it, and restore it.
+    [2, None],
 )
 def test_measuring_does_not_change_training(dropout_seed):
     def run(callbacks):
@@ -313,7 +306,7 @@ def test_measuring_does_not_change_training(dropout_seed):
 
 @pytest.mark.parametrize(
     "dropout",
-    [False, pytest.param(True, marks=UNSEEDED_DROPOUT_ON_TORCH)],
+    [False, True],
 )
 def test_bp_layers_measure_as_backprop(dropout):
     # With dropout, both passes must see the same masks.

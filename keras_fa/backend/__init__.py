@@ -9,6 +9,9 @@ Everything else in keras_fa is written with `keras.ops`. Two things cannot be:
 - `after`: orders a gradient after another (graph backends only).
 - `value_and_grad` and `compile_function`: differentiate and compile a
   function of tensors (alignment measures compare two gradients of a model).
+- `preserve_random_state`: replays the global random state (torch's
+  unseeded dropout uses it) so both passes of a measurement see the same
+  masks and training does not see the measurement.
 - `needs_gradient`: whether the backend will use the gradient of a tensor. Only
   torch can tell (and only torch would otherwise compute unused products);
   tensorflow and jax drop unused products at graph-compile time.
@@ -23,18 +26,21 @@ if _BACKEND == "tensorflow":
     from keras_fa.backend.tensorflow import compile_function
     from keras_fa.backend.tensorflow import conv_backward
     from keras_fa.backend.tensorflow import needs_gradient
+    from keras_fa.backend.tensorflow import preserve_random_state
     from keras_fa.backend.tensorflow import value_and_grad
 elif _BACKEND == "jax":
     from keras_fa.backend.jax import after
     from keras_fa.backend.jax import compile_function
     from keras_fa.backend.jax import conv_backward
     from keras_fa.backend.jax import needs_gradient
+    from keras_fa.backend.jax import preserve_random_state
     from keras_fa.backend.jax import value_and_grad
 elif _BACKEND == "torch":
     from keras_fa.backend.torch import after
     from keras_fa.backend.torch import compile_function
     from keras_fa.backend.torch import conv_backward
     from keras_fa.backend.torch import needs_gradient
+    from keras_fa.backend.torch import preserve_random_state
     from keras_fa.backend.torch import value_and_grad
 else:
     raise ImportError(
@@ -48,5 +54,6 @@ __all__ = [
     "compile_function",
     "conv_backward",
     "needs_gradient",
+    "preserve_random_state",
     "value_and_grad",
 ]

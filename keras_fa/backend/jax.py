@@ -1,5 +1,7 @@
 """Convolution backward pass on the jax backend."""
 
+import contextlib
+
 import jax
 from keras import ops
 
@@ -48,3 +50,11 @@ def value_and_grad(fn, diff_args, *args):
 def compile_function(fn):
     """Returns `fn` compiled with `jax.jit`."""
     return jax.jit(fn)
+
+
+@contextlib.contextmanager
+def preserve_random_state():
+    """Yields a `rewind()` that does nothing: Keras draws every random
+    number on this backend from seed generators, whose state measurements
+    read without changing."""
+    yield lambda: None

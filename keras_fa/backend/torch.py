@@ -7,6 +7,8 @@ in place of the weight, after the same layout changes and padding that keras's
 torch `ops.conv` applies in the forward pass.
 """
 
+import contextlib
+
 import torch
 from keras import tree
 
@@ -137,3 +139,32 @@ def value_and_grad(fn, diff_args, *args):
 def compile_function(fn):
     """Returns `fn`: torch runs eagerly."""
     return fn
+
+
+class _RandomState:
+    """torch's global random state, to replay: unseeded Keras dropout draws
+    its masks from it on torch."""
+
+    def __init__(self):
+        self.cpu = torch.get_rng_state()
+        self.cuda = (
+            torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available()
+            else None
+        )
+
+    def rewind(self):
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+@contextlib.contextmanager
+def preserve_random_state():
+    """Context that yields a `rewind()` function, which restores the global
+    random state to what it was on entry, and restores it on exit."""
+    state = _RandomState()
+    try:
+        yield state.rewind
+    finally:
+        state.rewind()
