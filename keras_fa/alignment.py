@@ -450,7 +450,7 @@ class Alignment:
                 )
             return _flatten(out, q)
 
-        return backend.compile_function(measure)
+        return backend.compile_function(measure, differentiable=False)
 
     def _weights_fn(self):
         def weights(values):
@@ -458,7 +458,7 @@ class Alignment:
                 *self._weights(list(zip(self._weight_variables, values)))
             )
 
-        return backend.compile_function(weights)
+        return backend.compile_function(weights, differentiable=False)
 
     def _compiled(self, key, shapes, kind):
         if (key, kind) not in self._functions:

@@ -1,6 +1,7 @@
 """A training loop that records alignment at every step."""
 
 import math
+import numbers
 import time
 
 import keras
@@ -80,12 +81,17 @@ def _length(x):
 
 def _check_positive_int(name, value, allow_none=False):
     if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < 1
+    ):
         raise ValueError(
             f"`{name}` must be a positive integer"
             f"{' or None' if allow_none else ''}. Received: {name}={value!r}"
         )
+    return int(value)
 
 
 def train(
@@ -123,10 +129,12 @@ def train(
         batch_size: examples per step.
         every: measure the gradient-based angles every this many steps
             (on the batch about to be trained on, before the update), or
-            None for epoch ends only. `every=1` measures them at every step,
-            for about three times the cost of a step.
-        probe_data: optional fixed `(x, y)` batch for the gradient-based
-            angles instead of the training batch.
+            None for epoch ends only. Each such measurement runs the model
+            forward and backward twice on the batch: `every=1` makes
+            training about 3-5x slower.
+        probe_data: optional fixed `(x, y)` or `(x, y, sample_weight)`
+            batch for the gradient-based angles instead of the training
+            batch.
         validation_data: optional `(x, y)`, evaluated at each epoch end.
         sample_weight: optional per-example weights of `x`.
         shuffle: shuffle the examples at each epoch.
@@ -150,13 +158,17 @@ def train(
             "keras_fa.train needs a compiled model: call "
             "model.compile(optimizer, loss, metrics) first."
         )
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("every", every, allow_none=True)
+    epochs = _check_positive_int("epochs", epochs)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    every = _check_positive_int("every", every, allow_none=True)
     if probe_data is not None and (
-        not isinstance(probe_data, (tuple, list)) or len(probe_data) != 2
+        not isinstance(probe_data, (tuple, list))
+        or len(probe_data) not in (2, 3)
     ):
-        raise ValueError("`probe_data` must be a tuple (x, y) or None.")
+        raise ValueError(
+            "`probe_data` must be a tuple (x, y) or (x, y, sample_weight), "
+            "or None."
+        )
     n = _length(x)
     if _length(y) != n:
         raise ValueError(
@@ -164,7 +176,8 @@ def train(
         )
     if not model.built:
         model(_take(x, np.arange(min(n, batch_size))))
-    meter = alignment_lib.Alignment(model)
+    # One meter per model: its compiled functions serve every call.
+    meter = alignment_lib._meter(model)
     record = AlignmentHistory(
         model,
         {
@@ -201,7 +214,7 @@ def train(
                 values = meter.measure(*probe)
                 row.update(_only(values, _DATA_MEASURES))
                 angle = _mean_angle(values, hidden)
-            model.reset_metrics()
+            # train_on_batch resets the metrics: logs are this batch's.
             logs = model.train_on_batch(xb, yb, sw, return_dict=True)
             step += 1
             row.update(meter.weights())

@@ -342,6 +342,30 @@ def test_progress_bar_and_plot(capsys, tmp_path):
     assert capsys.readouterr().out == ""
 
 
+PROBE_ERROR = r"tuple \(x, y\) or \(x, y, sample_weight\), or None"
+
+
+def test_numpy_integers_and_weighted_probe_are_accepted():
+    (x, y), _ = _digits()
+    x, y = x[:64], y[:64]
+    probe = (x[:16], y[:16], np.linspace(0.5, 1.5, 16).astype("float32"))
+    record = keras_fa.train(
+        _model(),
+        x,
+        y,
+        epochs=np.int64(1),
+        batch_size=np.int32(32),
+        every=np.int64(1),
+        probe_data=probe,
+        verbose=0,
+    )
+    assert record.steps["step"] == [1, 2]
+    angles = [
+        v for k, v in record.history.items() if k.endswith("/update_angle")
+    ]
+    assert angles and all(np.isfinite(a[-1]) for a in angles)
+
+
 def test_bad_arguments_name_what_is_allowed():
     (x, y), _ = _digits()
     x, y = x[:64], y[:64]
@@ -357,9 +381,9 @@ def test_bad_arguments_name_what_is_allowed():
         ({"batch_size": -1}, "`batch_size` must be a positive integer"),
         ({"every": 0}, "`every` must be a positive integer or None"),
         ({"every": True}, "`every` must be a positive integer or None"),
-        ({"probe_data": x[:8]}, r"tuple \(x, y\) or None"),
-        ({"probe_data": (x[:8],)}, r"tuple \(x, y\) or None"),
-        ({"probe_data": (x[:8], y[:8], y[:8])}, r"tuple \(x, y\) or None"),
+        ({"probe_data": x[:8]}, PROBE_ERROR),
+        ({"probe_data": (x[:8],)}, PROBE_ERROR),
+        ({"probe_data": (x[:8], y[:8], y[:8], y[:8])}, PROBE_ERROR),
     ]
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):

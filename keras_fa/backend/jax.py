@@ -47,8 +47,8 @@ def value_and_grad(fn, diff_args, *args):
     return value, aux, grads
 
 
-def compile_function(fn):
-    """Returns `fn` compiled with `jax.jit`."""
+def compile_function(fn, differentiable=True):
+    """Returns `fn` compiled with `jax.jit` (`differentiable` is unused)."""
     return jax.jit(fn)
 
 

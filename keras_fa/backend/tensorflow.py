@@ -63,8 +63,9 @@ class _NoRetracingWarning(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-def compile_function(fn):
-    """Returns `fn` as a `tf.function` (a graph, without XLA)."""
+def compile_function(fn, differentiable=True):
+    """Returns `fn` as a `tf.function` (a graph, without XLA);
+    `differentiable` is unused."""
     compiled = tf.function(fn, reduce_retracing=True)
 
     def call(*args):

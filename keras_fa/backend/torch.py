@@ -136,9 +136,17 @@ def value_and_grad(fn, diff_args, *args):
     return value.detach(), aux, tree.pack_sequence_as(diff_args, grads)
 
 
-def compile_function(fn):
-    """Returns `fn`: torch runs eagerly."""
-    return fn
+def compile_function(fn, differentiable=True):
+    """Returns `fn`: torch runs eagerly. A function that is not
+    differentiated runs without recording autograd history."""
+    if differentiable:
+        return fn
+
+    def call(*args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return call
 
 
 class _RandomState:
