@@ -110,8 +110,7 @@ def _check_classes(num_classes):
         or num_classes < 2
     ):
         raise ValueError(
-            "`num_classes` must be an integer >= 2. Received: "
-            f"{num_classes!r}"
+            f"`num_classes` must be an integer >= 2. Received: {num_classes!r}"
         )
 
 
