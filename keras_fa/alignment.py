@@ -93,6 +93,14 @@ def _angle(a, b):
     return radians * (180.0 / math.pi)
 
 
+def _angle_from_sums(aa, bb, ab):
+    # Angle between a and b from |a|^2, |b|^2 and a.b: atan2(|a x b|, a.b),
+    # with |a x b|^2 = |a|^2 |b|^2 - (a.b)^2. NaN if a or b is zero.
+    cross = ops.sqrt(ops.maximum(aa * bb - ops.square(ab), 0.0))
+    angle = ops.arctan2(cross, ab) * (180.0 / math.pi)
+    return ops.where(aa * bb > 0, angle, math.nan)
+
+
 def _value(tensor):
     if isinstance(tensor, keras.Variable):
         return tensor.value
@@ -364,15 +372,25 @@ class Alignment:
     # -- traced computations ----------------------------------------------
 
     def _weights(self, mapping):
-        out = {}
+        # Three sums per kernel (W.W, B.B, W.B) give both measures; the
+        # training loop runs this every step, so it reads each kernel once.
+        out, kernels = {}, {}
         with keras.StatelessScope(state_mapping=mapping):
             for layer in self._feedback_layers:
-                w, b = _kernels(layer)
-                out[f"{layer.name}/weight_angle"] = _angle(w, b)
-                out[f"{layer.name}/norm_ratio"] = ops.norm(
-                    ops.reshape(b, (-1,))
-                ) / ops.norm(ops.reshape(w, (-1,)))
-            q = {pair.layer.name: _neuron_q(pair) for pair in self._pairs}
+                w, b = kernels[id(layer)] = _kernels(layer)
+                if layer.feedback.exact:
+                    angle, ratio = ops.zeros(()), ops.ones(())
+                else:
+                    ww = ops.sum(ops.square(w))
+                    bb = ops.sum(ops.square(b))
+                    angle = _angle_from_sums(ww, bb, ops.sum(w * b))
+                    ratio = ops.sqrt(bb / ww)
+                out[f"{layer.name}/weight_angle"] = angle
+                out[f"{layer.name}/norm_ratio"] = ratio
+            q = {
+                pair.layer.name: _neuron_q(pair, kernels)
+                for pair in self._pairs
+            }
         return out, q
 
     def _gradients(self, state, x, y, sample_weight, shapes, exact):
@@ -677,14 +695,16 @@ def _kernels(layer):
     return w, layer.feedback.backward_kernel(w, *feedback)
 
 
-def _neuron_q(pair):
+def _neuron_q(pair, kernels):
     layer, next_layer = pair.layer, pair.next_layer
     w = ops.cast(_value(layer.kernel), "float32")
     channels = w.shape[-1]
     q = ops.sum(ops.square(ops.reshape(w, (-1, channels))), axis=0)
     if getattr(layer, "bias", None) is not None:
         q = q + ops.square(ops.cast(_value(layer.bias), "float32"))
-    if isinstance(next_layer, FeedbackMixin):
+    if id(next_layer) in kernels:
+        w_next, b_next = kernels[id(next_layer)]
+    elif isinstance(next_layer, FeedbackMixin):
         w_next, b_next = _kernels(next_layer)
     else:
         w_next = ops.cast(_value(next_layer.kernel), "float32")

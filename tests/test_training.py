@@ -392,3 +392,22 @@ def test_bad_arguments_name_what_is_allowed():
         keras_fa.train(model, x, y[:63], verbose=0)
     # Nothing was trained.
     assert int(model.optimizer.iterations) == 0
+
+
+def test_weights_every_thins_the_weight_record():
+    (x, y), _ = _digits()
+    record = keras_fa.train(
+        _model(),
+        x[:96],
+        y[:96],
+        batch_size=16,
+        every=None,
+        weights_every=3,
+        verbose=0,
+    )
+    angles = record.steps["hidden/weight_angle"]
+    assert record.steps["step"] == list(range(1, 7))
+    recorded = [not np.isnan(a) for a in angles]
+    assert recorded == [False, False, True, False, False, True]
+    with pytest.raises(ValueError, match="`weights_every` must be"):
+        keras_fa.train(_model(), x[:32], y[:32], weights_every=0)
