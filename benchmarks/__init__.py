@@ -1,0 +1,1 @@
+"""Benchmarks of keras_fa: speed, alignment cost, learning rules."""

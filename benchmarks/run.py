@@ -1,0 +1,741 @@
+"""Compare learning rules on multi-class tasks: one command, resumable.
+
+    python -m benchmarks.run                                 # digits, MLP
+    python -m benchmarks.run --dataset mnist1d --model mlp,lenet --seeds 3
+    python -m benchmarks.run --dataset cifar10 --model resnet20 \\
+        --rules bp,fa,dfa,usf,kp --seeds 3 --epochs 20 --data-dir ~/tfds
+
+Every (dataset, model, rule, seed) is a cell. A finished cell is one JSON
+file under `--output`, written atomically (a temporary file, then a rename),
+so an interrupt never loses a finished cell and never leaves a half-written
+one; running the same command again skips the finished cells. The summary
+(`summary.md`, `summary.csv`: test accuracy mean and std over seeds, the
+final per-layer alignment angles, throughput and wall time) and the figures
+(`accuracy_<dataset>_<model>.png`, `alignment_<dataset>_<model>.png`) are
+rewritten from all finished cells after each cell.
+
+Data: MNIST-1D and scikit-learn's digits need no network (digits is the
+default, so the command runs anywhere); the TFDS sets (mnist, fashion_mnist,
+kmnist, emnist/balanced, cifar10, cifar100) are read from `--data-dir` and
+fail within seconds, with what to do, when they are absent and there is no
+network. Models are `keras_fa.models` (mlp, lenet, resnet<6n+2>). Training
+uses the accelerator Keras finds (GPU, TPU) with no change; `--distribute`
+shards each batch over all local devices (`keras.distribution.DataParallel`
+on jax, `tf.distribute.MirroredStrategy` on tensorflow).
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+# Run from a checkout without installing: the package is next to benchmarks/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras_fa  # noqa: E402
+from keras_fa import datasets  # noqa: E402
+
+ALL_RULES = (
+    "bp",
+    "fa",
+    "usf",
+    "brsf",
+    "frsf",
+    "kp",
+    "wm",
+    "dfa",
+    "drtp",
+    "shallow",
+)
+OPTIMIZERS = ("adam", "sgd", "momentum")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# Settings that change results: a finished cell is reused only if they match.
+CONFIG_KEYS = (
+    "dataset",
+    "classes",
+    "epochs",
+    "optimizer",
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "precision",
+    "distribute",
+    "probe",
+)
+FORMAT_VERSION = 1
+
+
+def _csv(value, allowed=None, name="value"):
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"empty {name} list")
+    if allowed is not None:
+        unknown = [item for item in items if item not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {name}(s) {', '.join(unknown)}; allowed: "
+                f"{', '.join(allowed)}"
+            )
+    return items
+
+
+def _models(value):
+    items = _csv(value, name="model")
+    for item in items:
+        base = item.lower()
+        ok = base in ("mlp", "lenet") or (
+            base.startswith("resnet")
+            and base[6:].isdigit()
+            and int(base[6:]) >= 8
+            and (int(base[6:]) - 2) % 6 == 0
+        )
+        if not ok:
+            raise argparse.ArgumentTypeError(
+                f"unknown model {item!r}; allowed: mlp, lenet, resnet<6n+2> "
+                "(resnet8, resnet20, resnet32, resnet56...)"
+            )
+    return [item.lower() for item in items]
+
+
+def _positive(kind):
+    def parse(value):
+        number = kind(value)
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+        return number
+
+    return parse
+
+
+def _seeds(value):
+    # "3" means seeds 0, 1, 2; "0,5,7" lists them.
+    if "," in value:
+        return [int(v) for v in _csv(value, name="seed")]
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError("--seeds must be >= 1")
+    return list(range(count))
+
+
+def parse_args(argv=None):
+    """Parses the command line; returns the argparse namespace."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n")[0],
+    )
+    names = datasets.OFFLINE_DATASETS + datasets.TFDS_DATASETS
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        choices=names,
+        help="default: digits (no network needed)",
+    )
+    parser.add_argument("--data-dir", help="TFDS data directory")
+    parser.add_argument(
+        "--model",
+        type=_models,
+        default=["mlp"],
+        help="comma-separated: mlp, lenet, resnet20... (default: mlp)",
+    )
+    parser.add_argument(
+        "--rules",
+        type=lambda v: _csv(v, ALL_RULES, "rule"),
+        default=list(ALL_RULES),
+        help=f"comma-separated (default: all: {','.join(ALL_RULES)})",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=[0],
+        help="a count N (seeds 0..N-1) or a comma-separated list",
+    )
+    parser.add_argument("--epochs", type=_positive(int), default=20)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    parser.add_argument("--learning-rate", type=_positive(float), default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--batch-size", type=_positive(int), default=128)
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=None,
+        help="train on a random subset of this many classes (seeded)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="Keras dtype policy",
+    )
+    parser.add_argument(
+        "--distribute",
+        action="store_true",
+        help="data-parallel over all local devices (jax, tensorflow)",
+    )
+    parser.add_argument(
+        "--probe",
+        type=_positive(int),
+        default=256,
+        help="test examples the alignment is measured on each epoch",
+    )
+    parser.add_argument("--output", default="runs", help="results directory")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar or lines"
+    )
+    args = parser.parse_args(argv)
+    if args.classes is not None and args.classes < 2:
+        parser.error("--classes must be >= 2")
+    if args.distribute and keras.backend.backend() == "torch":
+        parser.error(
+            "--distribute needs the jax or tensorflow backend (Keras has no "
+            "data-parallel API for torch); set KERAS_BACKEND."
+        )
+    return args
+
+
+def config_of(args):
+    """Returns the settings a finished cell must match to be reused."""
+    return {
+        "dataset": args.dataset,
+        "classes": args.classes,
+        "epochs": args.epochs,
+        "optimizer": args.optimizer,
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "distribute": args.distribute,
+        "probe": args.probe,
+    }
+
+
+def task_label(config):
+    """Returns the dataset name, with its class count if subsetted, safe
+    for file names (emnist/balanced: emnist-balanced)."""
+    dataset = config["dataset"].replace("/", "-")
+    classes = "" if config["classes"] is None else f"-c{config['classes']}"
+    return dataset + classes
+
+
+def cell_name(config, model, rule, seed):
+    """Returns the file stem of a cell."""
+    return f"{task_label(config)}__{model}__{rule}__seed{seed}"
+
+
+def write_atomic(path, text):
+    """Writes `text` to `path` through a temporary file and a rename: the
+    file is either absent, the old one, or complete."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=directory, prefix=".tmp_", suffix=os.path.basename(path)
+    )
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def read_cell(path):
+    """Returns a finished cell's record, or None if it is not readable."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            record = json.load(file)
+    except (OSError, ValueError):
+        return None
+    if record.get("format") != FORMAT_VERSION or "test_accuracy" not in record:
+        return None
+    return record
+
+
+def _optimizer(args):
+    if args.optimizer == "adam":
+        return keras.optimizers.Adam(
+            args.learning_rate, weight_decay=args.weight_decay
+        )
+    momentum = 0.9 if args.optimizer == "momentum" else 0.0
+    return keras.optimizers.SGD(
+        args.learning_rate, momentum=momentum, weight_decay=args.weight_decay
+    )
+
+
+def _distribution(args):
+    """Returns `(strategy, shards)`: a tf.distribute strategy to build and
+    train in (None: none needed), and the number of devices every batch
+    must split evenly over (jax's DataParallel needs it)."""
+    if not args.distribute:
+        return None, 1
+    if keras.backend.backend() == "jax":
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices)
+        )
+        if args.batch_size % len(devices):
+            raise SystemExit(
+                f"--batch-size {args.batch_size} must be a multiple of the "
+                f"{len(devices)} devices to shard it over."
+            )
+        return None, len(devices)
+    import tensorflow as tf
+
+    # MirroredStrategy splits uneven batches itself.
+    return tf.distribute.MirroredStrategy(), 1
+
+
+def _even(dataset, shards, examples, batch_size):
+    # A batch sharded over devices must split evenly: the last partial
+    # batch loses its last (at most shards - 1) examples.
+    if shards == 1:
+        return dataset
+    import tensorflow as tf
+
+    def trim(x, y):
+        n = tf.shape(x)[0] // shards * shards
+        return x[:n], y[:n]
+
+    last = examples % batch_size // shards * shards
+    batches = examples // batch_size + (1 if last else 0)
+    dataset = dataset.map(trim).filter(lambda x, y: tf.shape(x)[0] > 0)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches))
+
+
+def devices():
+    """Returns the names of the devices Keras computes on."""
+    try:
+        return [str(d) for d in keras.distribution.list_devices()]
+    except AttributeError:
+        # keras.distribution has no torch implementation.
+        import torch
+
+        count = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+
+
+def _hidden_angles(measures, layer_names):
+    # Final update angle of each hidden layer (all kernel layers but the
+    # output one), in the model's order.
+    return [
+        measures.get(f"{name}/update_angle", math.nan)
+        for name in layer_names[:-1]
+    ]
+
+
+class _Timer(keras.callbacks.Callback):
+    """Wall time of each epoch's training steps (validation excluded)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        self.seconds = getattr(self, "seconds", [])
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def run_cell(args, task, model_name, rule, seed):
+    """Trains one cell; returns its record (a JSON-ready dict)."""
+    keras.utils.set_random_seed(seed)
+    strategy, shards = _distribution(args)
+    scope = strategy.scope() if strategy is not None else _nullcontext()
+    with scope:
+        model = keras_fa.models.get(
+            model_name,
+            task.input_shape,
+            task.num_classes,
+            feedback=rule,
+            seed=seed,
+        )
+        model.compile(
+            optimizer=_optimizer(args),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    x_probe, y_probe = task.arrays("test")
+    probe = (x_probe[: args.probe], y_probe[: args.probe])
+    align = keras_fa.callbacks.AlignmentCallback(
+        probe, measures=("weight_angle", "signal_angle", "update_angle")
+    )
+    timer = _Timer()
+    start = time.perf_counter()
+    batch = args.batch_size
+    test_data = _even(task.test(batch), shards, task.num_test, batch)
+    train_data = _even(
+        task.train(batch, seed=seed), shards, task.num_train, batch
+    )
+    history = model.fit(
+        train_data,
+        epochs=args.epochs,
+        validation_data=test_data,
+        callbacks=[align, timer],
+        shuffle=False,  # the pipeline shuffles, seeded
+        verbose=0,
+    )
+    train_seconds = sum(timer.seconds)
+    test_loss, test_accuracy = model.evaluate(test_data, verbose=0)
+    wall = time.perf_counter() - start
+    layer_names = align.alignment.layer_names
+    final = {
+        key: values[-1] for key, values in history.history.items() if "/" in key
+    }
+    # The first epoch includes compilation; throughput counts the others.
+    steady = timer.seconds[1:] or timer.seconds
+    return {
+        "format": FORMAT_VERSION,
+        "config": config_of(args),
+        "model": model_name,
+        "rule": rule,
+        "seed": seed,
+        "num_classes": task.num_classes,
+        "classes": list(task.classes) if task.classes is not None else None,
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "history": {
+            key: [float(v) for v in values]
+            for key, values in history.history.items()
+        },
+        "layers": layer_names,
+        "final_alignment": final,
+        "hidden_update_angles": _hidden_angles(final, layer_names),
+        "throughput": task.num_train * len(steady) / sum(steady),
+        "train_seconds": train_seconds,
+        "wall_seconds": wall,
+        "parameters": int(model.count_params()),
+        "backend": keras.backend.backend(),
+        "devices": devices(),
+        "versions": {
+            "keras": keras.__version__,
+            "keras_fa": keras_fa.__version__,
+            "python": platform.python_version(),
+        },
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    if len(values) == 1:
+        return values[0], 0.0
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def summarize(records):
+    """Returns summary rows: one per (dataset, model, rule) over seeds."""
+    groups = {}
+    for record in records:
+        key = (
+            record["config"]["dataset"],
+            record["config"]["classes"],
+            record["model"],
+            record["rule"],
+        )
+        groups.setdefault(key, []).append(record)
+    rows = []
+    for (dataset, classes, model, rule), group in groups.items():
+        accuracy = _mean_std([r["test_accuracy"] for r in group])
+        depth = max(len(r["hidden_update_angles"]) for r in group)
+        layers = [
+            _mean_std(
+                [
+                    r["hidden_update_angles"][i]
+                    for r in group
+                    if i < len(r["hidden_update_angles"])
+                ]
+            )[0]
+            for i in range(depth)
+        ]
+        rows.append(
+            {
+                "dataset": dataset,
+                "classes": classes,
+                "model": model,
+                "rule": rule,
+                "seeds": len(group),
+                "test_accuracy_mean": accuracy[0],
+                "test_accuracy_std": accuracy[1],
+                "hidden_update_angles": layers,
+                "throughput": _mean_std([r["throughput"] for r in group])[0],
+                "wall_seconds": _mean_std([r["wall_seconds"] for r in group])[
+                    0
+                ],
+            }
+        )
+    order = {rule: i for i, rule in enumerate(ALL_RULES)}
+    rows.sort(
+        key=lambda r: (
+            r["dataset"],
+            r["model"],
+            order.get(r["rule"], len(order)),
+        )
+    )
+    return rows
+
+
+def _angles_text(angles):
+    return ", ".join("-" if math.isnan(a) else f"{a:.0f}" for a in angles)
+
+
+def summary_markdown(rows):
+    """Returns the summary table as Markdown."""
+    lines = [
+        "| dataset | model | rule | seeds | test accuracy | update angle "
+        "per hidden layer (deg) | examples/s | wall time (s) |",
+        "|---|---|---|---:|---|---|---:|---:|",
+    ]
+    for row in rows:
+        dataset = row["dataset"] + (
+            f" ({row['classes']} classes)" if row["classes"] else ""
+        )
+        lines.append(
+            f"| {dataset} | {row['model']} | {row['rule']} | {row['seeds']} "
+            f"| {row['test_accuracy_mean']:.3f} ± "
+            f"{row['test_accuracy_std']:.3f} "
+            f"| {_angles_text(row['hidden_update_angles'])} "
+            f"| {row['throughput']:.0f} | {row['wall_seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def summary_csv(rows):
+    """Returns the summary table as CSV (one column per hidden layer)."""
+    depth = max((len(r["hidden_update_angles"]) for r in rows), default=0)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "dataset",
+            "classes",
+            "model",
+            "rule",
+            "seeds",
+            "test_accuracy_mean",
+            "test_accuracy_std",
+            *[f"update_angle_hidden_{i + 1}" for i in range(depth)],
+            "examples_per_second",
+            "wall_seconds",
+        ]
+    )
+    for row in rows:
+        angles = row["hidden_update_angles"]
+        writer.writerow(
+            [
+                row["dataset"],
+                row["classes"] if row["classes"] else "",
+                row["model"],
+                row["rule"],
+                row["seeds"],
+                f"{row['test_accuracy_mean']:.4f}",
+                f"{row['test_accuracy_std']:.4f}",
+                *[
+                    ""
+                    if i >= len(angles) or math.isnan(angles[i])
+                    else f"{angles[i]:.2f}"
+                    for i in range(depth)
+                ],
+                f"{row['throughput']:.1f}",
+                f"{row['wall_seconds']:.2f}",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _curves(records, metric):
+    # Per rule: the metric per epoch, averaged over seeds.
+    by_rule = {}
+    for record in records:
+        if metric == "update_angle":
+            names = record["layers"][:-1]
+            keys = [f"{name}/update_angle" for name in names]
+            series = [
+                np.nanmean(values) if not np.all(np.isnan(values)) else np.nan
+                for values in zip(*[record["history"].get(k, []) for k in keys])
+            ]
+        else:
+            series = record["history"].get(metric, [])
+        by_rule.setdefault(record["rule"], []).append(series)
+    return {
+        rule: np.nanmean(np.array(runs, dtype=float), axis=0)
+        for rule, runs in by_rule.items()
+        if runs and all(len(run) == len(runs[0]) for run in runs)
+    }
+
+
+def plot_curves(records, directory):
+    """Writes accuracy and alignment curves per (dataset, model); returns
+    the paths written."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    groups = {}
+    for record in records:
+        key = (task_label(record["config"]), record["model"])
+        groups.setdefault(key, []).append(record)
+    paths = []
+    for (dataset, model), group in groups.items():
+        for kind, metric, label in (
+            ("accuracy", "val_accuracy", "test accuracy"),
+            ("alignment", "update_angle", "mean hidden update angle (deg)"),
+        ):
+            curves = _curves(group, metric)
+            if not curves:
+                continue
+            figure = Figure(figsize=(6, 4))
+            FigureCanvasAgg(figure)
+            axes = figure.add_subplot()
+            order = {rule: i for i, rule in enumerate(ALL_RULES)}
+            for rule in sorted(curves, key=lambda r: order.get(r, 99)):
+                values = curves[rule]
+                axes.plot(range(1, len(values) + 1), values, label=rule)
+            if kind == "alignment":
+                axes.axhline(90, color="gray", linestyle="--", linewidth=1)
+            axes.set_xlabel("epoch")
+            axes.set_ylabel(label)
+            axes.set_title(f"{dataset}, {model}")
+            axes.grid(alpha=0.3)
+            axes.legend(fontsize="small")
+            figure.tight_layout()
+            path = os.path.join(directory, f"{kind}_{dataset}_{model}.png")
+            buffer = io.BytesIO()
+            figure.canvas.print_png(buffer)
+            _write_bytes_atomic(path, buffer.getvalue())
+            paths.append(path)
+    return paths
+
+
+def _write_bytes_atomic(path, data):
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp_")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def finished_records(output, config):
+    """Returns the records under `output` made with `config`."""
+    cells = os.path.join(output, "cells")
+    if not os.path.isdir(cells):
+        return []
+    records = []
+    for name in sorted(os.listdir(cells)):
+        if name.endswith(".json"):
+            record = read_cell(os.path.join(cells, name))
+            if record is not None and record["config"] == config:
+                records.append(record)
+    return records
+
+
+def write_summary(output, config):
+    """Rewrites summary.md, summary.csv and the figures from the finished
+    cells made with `config`; returns the summary rows."""
+    records = finished_records(output, config)
+    rows = summarize(records)
+    write_atomic(os.path.join(output, "summary.md"), summary_markdown(rows))
+    write_atomic(os.path.join(output, "summary.csv"), summary_csv(rows))
+    plot_curves(records, output)
+    return rows
+
+
+def main(argv=None):
+    """Runs the benchmark; returns the summary rows."""
+    args = parse_args(argv)
+    config = config_of(args)
+    keras.config.set_dtype_policy(args.precision)
+    cells_dir = os.path.join(args.output, "cells")
+    cells = [
+        (model, rule, seed)
+        for model in args.model
+        for rule in args.rules
+        for seed in args.seeds
+    ]
+    todo = []
+    for model, rule, seed in cells:
+        path = os.path.join(cells_dir, cell_name(config, model, rule, seed))
+        record = read_cell(path + ".json")
+        if record is None:
+            todo.append((model, rule, seed, path + ".json"))
+        elif record["config"] != config:
+            raise SystemExit(
+                f"{path}.json was made with other settings "
+                f"({_differences(record['config'], config)}). Use another "
+                "--output, or delete that file to run the cell again."
+            )
+    say = (lambda *a: None) if args.quiet else print
+    say(
+        f"{len(cells)} cells ({len(cells) - len(todo)} finished), backend "
+        f"{keras.backend.backend()}, devices "
+        f"{', '.join(devices())}; "
+        f"results in {os.path.abspath(args.output)}"
+    )
+    progress = None if args.quiet else keras.utils.Progbar(len(cells))
+    done = len(cells) - len(todo)
+    if progress is not None:
+        progress.update(done)
+    tasks = {}
+    for model, rule, seed, path in todo:
+        # Class subsets are drawn per seed: each seed sees other classes.
+        key = seed if args.classes else None
+        if key not in tasks:
+            try:
+                tasks[key] = datasets.load(
+                    args.dataset,
+                    data_dir=args.data_dir,
+                    classes=args.classes,
+                    seed=seed,
+                )
+            except datasets.DatasetUnavailableError as error:
+                raise SystemExit(str(error)) from error
+        record = run_cell(args, tasks[key], model, rule, seed)
+        write_atomic(path, json.dumps(record, indent=1))
+        done += 1
+        if progress is not None:
+            say(
+                f"\n{model} {rule} seed {seed}: test accuracy "
+                f"{record['test_accuracy']:.3f}, hidden update angles "
+                f"{_angles_text(record['hidden_update_angles'])} deg, "
+                f"{record['wall_seconds']:.1f} s"
+            )
+            progress.update(done)
+        write_summary(args.output, config)
+    rows = write_summary(args.output, config)
+    say("\n" + summary_markdown(rows))
+    return rows
+
+
+def _differences(old, new):
+    return ", ".join(
+        f"{key}={old.get(key)!r}, now {new.get(key)!r}"
+        for key in CONFIG_KEYS
+        if old.get(key) != new.get(key)
+    )
+
+
+if __name__ == "__main__":
+    main()
