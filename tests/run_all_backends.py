@@ -2,6 +2,7 @@
 
     python tests/run_all_backends.py           # ruff; tensorflow, jax, torch
     python tests/run_all_backends.py -x -k fa  # extra arguments go to pytest
+    python tests/run_all_backends.py -n 0      # one process (default: 2)
 
 Keras picks its backend when it is first imported, so each backend gets its
 own pytest process with `KERAS_BACKEND` set. Exits non-zero if the lint or any
@@ -33,6 +34,12 @@ def main(pytest_args):
         env = {**os.environ, "KERAS_BACKEND": backend}
         print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
         command = [sys.executable, "-m", "pytest", "tests", *pytest_args]
+        if not any(
+            arg.startswith(("-n", "--numprocesses")) for arg in pytest_args
+        ):
+            # Two workers (pytest-xdist): the suite is compile-bound, and a
+            # second process overlaps it (jax 330 s -> 210 s on 2 cores).
+            command += ["-n", "2"]
         code, seconds = run(command, env=env)
         results.append((f"pytest, {backend}", code, seconds))
 
