@@ -72,6 +72,8 @@ CONFIG_KEYS = (
     "probe",
 )
 FORMAT_VERSION = 1
+# Flat data sets that are images: convolutional models see them as such.
+IMAGES = {"digits": (8, 8, 1)}
 
 
 def _csv(value, allowed=None, name="value"):
@@ -351,6 +353,9 @@ def run_cell(args, task, model_name, rule, seed):
     keras.utils.set_random_seed(seed)
     strategy, shards = _distribution(args)
     scope = strategy.scope() if strategy is not None else _nullcontext()
+    kwargs = {}
+    if model_name != "mlp" and task.name in IMAGES:
+        kwargs["image_shape"] = IMAGES[task.name]
     with scope:
         model = keras_fa.models.get(
             model_name,
@@ -358,6 +363,7 @@ def run_cell(args, task, model_name, rule, seed):
             task.num_classes,
             feedback=rule,
             seed=seed,
+            **kwargs,
         )
         model.compile(
             optimizer=_optimizer(args),

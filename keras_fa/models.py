@@ -13,6 +13,8 @@ differ only in how they learn. The models output logits: compile them with a
 `from_logits=True` loss.
 """
 
+import math
+
 import keras
 
 from keras_fa import feedback as feedback_lib
@@ -114,9 +116,19 @@ def _check_classes(num_classes):
         )
 
 
-def _spatial(inputs):
+def _spatial(inputs, image_shape=None):
     # Convolutions need (length, channels) or (height, width, channels):
-    # flat feature vectors become one-channel sequences.
+    # flat feature vectors become images of `image_shape` if given, else
+    # one-channel sequences.
+    if image_shape is not None:
+        image_shape = tuple(image_shape)
+        if len(inputs.shape) != 2 or math.prod(image_shape) != inputs.shape[1]:
+            raise ValueError(
+                f"`image_shape` {image_shape} must hold exactly the "
+                f"{tuple(inputs.shape[1:])} flat input features."
+            )
+        x = keras.layers.Reshape(image_shape)(inputs)
+        return x, len(image_shape) - 1
     if len(inputs.shape) == 2:
         return keras.layers.Reshape((inputs.shape[1], 1))(inputs), 1
     if len(inputs.shape) == 4:
@@ -169,7 +181,7 @@ def mlp(
     return net.model(inputs, logits, name=f"mlp_{_name(feedback)}")
 
 
-def lenet(input_shape, num_classes, feedback="fa", seed=None):
+def lenet(input_shape, num_classes, feedback="fa", seed=None, image_shape=None):
     """Returns a LeNet-5-style CNN trained by `feedback`.
 
     Two convolution blocks (6 and 16 filters of size 5, `same` padding, ReLU,
@@ -183,6 +195,8 @@ def lenet(input_shape, num_classes, feedback="fa", seed=None):
         num_classes: number of classes (logits).
         feedback: a rule name, config or `FeedbackRule`.
         seed: integer seed of the forward and feedback weights.
+        image_shape: for flat inputs, the image they hold, e.g. `(8, 8, 1)`
+            for scikit-learn's digits; the model reshapes them first.
 
     Example:
 
@@ -191,7 +205,7 @@ def lenet(input_shape, num_classes, feedback="fa", seed=None):
     _check_classes(num_classes)
     net = _Network(feedback, seed)
     inputs = _input(input_shape)
-    x, rank = _spatial(inputs)
+    x, rank = _spatial(inputs, image_shape)
     pool = {1: keras.layers.MaxPooling1D, 2: keras.layers.MaxPooling2D}[rank]
     for filters in (6, 16):
         x = net.conv(rank, filters, 5, padding="same", activation="relu")(x)
@@ -206,7 +220,13 @@ def lenet(input_shape, num_classes, feedback="fa", seed=None):
 
 
 def resnet(
-    input_shape, num_classes, feedback="fa", depth=20, width=16, seed=None
+    input_shape,
+    num_classes,
+    feedback="fa",
+    depth=20,
+    width=16,
+    seed=None,
+    image_shape=None,
 ):
     """Returns a CIFAR-style ResNet (He et al. 2016) trained by `feedback`.
 
@@ -226,6 +246,8 @@ def resnet(
         depth: 6n + 2 layers: 8, 14, 20, 32, 44, 56...
         width: filters of the first stage.
         seed: integer seed of the forward and feedback weights.
+        image_shape: for flat inputs, the image they hold; the model
+            reshapes them first.
 
     Example:
 
@@ -244,7 +266,7 @@ def resnet(
         )
     net = _Network(feedback, seed)
     inputs = _input(input_shape)
-    x, rank = _spatial(inputs)
+    x, rank = _spatial(inputs, image_shape)
     norm = keras.layers.BatchNormalization
     x = net.conv(rank, width, 3, padding="same", use_bias=False)(x)
     x = keras.layers.ReLU()(norm()(x))
