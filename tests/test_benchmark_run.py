@@ -251,7 +251,15 @@ _DISTRIBUTED = textwrap.dedent(
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from benchmarks import run
+    from keras_fa import datasets
     out = sys.argv[1]
+    # Keras's tensorflow input path under MirroredStrategy reshuffles a
+    # seeded tf.data pipeline in another order than a single device does
+    # (measured: identical runs without shuffling, 2% apart with it), so
+    # the comparison fixes the order on both sides.
+    train = datasets.Task.train
+    datasets.Task.train = lambda self, *a, **k: train(
+        self, *a, **{**k, "shuffle": False})
     common = ["--rules", "fa,dfa", "--epochs", "2", "--batch-size", "64",
               "--quiet"]
     # Both runs drop the same examples, so that every batch splits evenly
@@ -267,13 +275,6 @@ _DISTRIBUTED = textwrap.dedent(
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="jax and tensorflow only")
-@pytest.mark.xfail(
-    BACKEND == "tensorflow",
-    strict=True,
-    reason="open: under MirroredStrategy one SGD step equals the "
-    "single-device step exactly, yet after 2 epochs of the benchmark the "
-    "test loss differs by ~1% and accuracy by ~5%",
-)
 def test_distribute_matches_single_device(tmp_path):
     env = {
         **os.environ,
