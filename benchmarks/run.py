@@ -25,6 +25,7 @@ on jax, `tf.distribute.MirroredStrategy` on tensorflow).
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -233,15 +234,17 @@ def cell_name(config, model, rule, seed):
 
 
 def write_atomic(path, text):
-    """Writes `text` to `path` through a temporary file and a rename: the
-    file is either absent, the old one, or complete."""
+    """Writes `text` (str or bytes) to `path` through a temporary file and a
+    rename: the file is either absent, the old one, or complete."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(
         dir=directory, prefix=".tmp_", suffix=os.path.basename(path)
     )
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
+        binary = isinstance(text, bytes)
+        mode, encoding = ("wb", None) if binary else ("w", "utf-8")
+        with os.fdopen(handle, mode, encoding=encoding) as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
@@ -343,7 +346,6 @@ class _Timer(keras.callbacks.Callback):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
         self.seconds = getattr(self, "seconds", [])
         self.seconds.append(time.perf_counter() - self._start)
 
@@ -352,7 +354,7 @@ def run_cell(args, task, model_name, rule, seed):
     """Trains one cell; returns its record (a JSON-ready dict)."""
     keras.utils.set_random_seed(seed)
     strategy, shards = _distribution(args)
-    scope = strategy.scope() if strategy is not None else _nullcontext()
+    scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     kwargs = {}
     if model_name != "mlp" and task.name in IMAGES:
         kwargs["image_shape"] = IMAGES[task.name]
@@ -429,14 +431,6 @@ def run_cell(args, task, model_name, rule, seed):
         },
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _mean_std(values):
@@ -626,22 +620,9 @@ def plot_curves(records, directory):
             path = os.path.join(directory, f"{kind}_{dataset}_{model}.png")
             buffer = io.BytesIO()
             figure.canvas.print_png(buffer)
-            _write_bytes_atomic(path, buffer.getvalue())
+            write_atomic(path, buffer.getvalue())
             paths.append(path)
     return paths
-
-
-def _write_bytes_atomic(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp_")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def finished_records(output, config):

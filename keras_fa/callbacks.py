@@ -6,12 +6,12 @@ add to the logs (e.g. `ReduceLROnPlateau`), put them before the callbacks that
 read the logs in the `callbacks` list.
 """
 
-import math
 import warnings
 
 import keras
 
 from keras_fa import alignment as alignment_lib
+from keras_fa.training import append_row
 
 _ACTIONS = ("warn", "stop", None)
 
@@ -72,12 +72,7 @@ class _MeasureCallback(keras.callbacks.Callback):
         raise NotImplementedError
 
     def _record(self, table, values, **extra):
-        length = len(next(iter(table.values()))) if table else 0
-        for key, value in {**extra, **values}.items():
-            table.setdefault(key, [math.nan] * length).append(value)
-        for column in table.values():
-            if len(column) == length:
-                column.append(math.nan)
+        append_row(table, {**extra, **values})
 
     def on_train_begin(self, logs=None):
         if self.alignment is None or self.alignment.model is not self.model:

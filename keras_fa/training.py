@@ -44,12 +44,7 @@ class AlignmentHistory:
         return plot_alignment(self, directory, **kwargs)
 
     def _append(self, table, row):
-        length = len(next(iter(table.values()))) if table else 0
-        for key, value in row.items():
-            table.setdefault(key, [math.nan] * length).append(float(value))
-        for column in table.values():
-            if len(column) == length:
-                column.append(math.nan)
+        append_row(table, {key: float(value) for key, value in row.items()})
 
     def __repr__(self):
         return (
@@ -57,6 +52,17 @@ class AlignmentHistory:
             f"steps={len(self.steps.get('step', []))}, "
             f"keys={sorted(self.history)})"
         )
+
+
+def append_row(table, row):
+    """Appends `row` to a table of equal-length columns (a dict of lists),
+    padding with NaN the columns the row lacks and the past of new ones."""
+    length = len(next(iter(table.values()))) if table else 0
+    for key, value in row.items():
+        table.setdefault(key, [math.nan] * length).append(value)
+    for column in table.values():
+        if len(column) == length:
+            column.append(math.nan)
 
 
 def _batches(n, batch_size, shuffle, rng):
