@@ -16,6 +16,8 @@ from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
 from keras_fa.direct import DirectFeedbackModel
 from keras_fa.direct import direct_feedback
+from keras_fa.estimators import FAClassifier
+from keras_fa.estimators import FARegressor
 from keras_fa.layers import FAConv1D
 from keras_fa.layers import FAConv2D
 from keras_fa.layers import FADense
@@ -31,9 +33,11 @@ __all__ = [
     "DirectFeedback",
     "DirectFeedbackModel",
     "direct_feedback",
+    "FAClassifier",
     "FAConv1D",
     "FAConv2D",
     "FADense",
+    "FARegressor",
     "alignment",
     "callbacks",
     "convert",

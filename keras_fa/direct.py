@@ -181,9 +181,12 @@ class DirectFeedback(keras.layers.Layer):
 
         return project(logits, *taps, *kernels)
 
-    def target_loss(self, y, logits):
+    def target_loss(self, y, logits, sample_weight=None):
         """Returns drtp's surrogate loss: value 0, gradient `y* B_l / N` at
-        each tap. Zero for other rules."""
+        each tap. Zero for other rules.
+
+        With `sample_weight`, each example's signal is weighted like its
+        loss, `s_n y*_n B_l / N` (a weight of 0 removes the example)."""
         taps = self._scratch.taps
         if self.feedback != "drtp" or not taps or tracing.is_exact():
             return ops.zeros((), dtype="float32")
@@ -197,6 +200,11 @@ class DirectFeedback(keras.layers.Layer):
                 n_out,
                 dtype=logits.dtype,
             )
+        if sample_weight is not None:
+            weight = ops.cast(
+                ops.convert_to_tensor(sample_weight), target.dtype
+            )
+            target = target * ops.reshape(weight, (-1, 1))
         batch = ops.cast(ops.shape(logits)[0], logits.dtype)
         total = ops.zeros((), dtype=logits.dtype)
         for tap, b in zip(taps, self.feedback_kernels):
@@ -246,7 +254,8 @@ class DirectFeedbackModel(keras.Model):
             return loss
         for layer in self._flatten_layers(include_self=False):
             if isinstance(layer, DirectFeedback) and layer.feedback == "drtp":
-                loss = loss + ops.cast(layer.target_loss(y, y_pred), loss.dtype)
+                term = layer.target_loss(y, y_pred, sample_weight)
+                loss = loss + ops.cast(term, loss.dtype)
         return loss
 
 

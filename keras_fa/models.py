@@ -169,6 +169,26 @@ def mlp(
     >>> model = keras_fa.models.mlp((40,), 10, feedback="fa", seed=0)
     """
     _check_classes(num_classes)
+    return dense_network(
+        input_shape, num_classes, feedback, hidden, activation, seed
+    )
+
+
+def dense_network(
+    input_shape,
+    outputs,
+    feedback="fa",
+    hidden=(256, 256),
+    activation="relu",
+    seed=None,
+):
+    """Returns `mlp`'s network with any number (>= 1) of linear `outputs`:
+    logits of one class (binary), several labels, or regression targets.
+    The arguments are those of `mlp`."""
+    if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1:
+        raise ValueError(
+            f"`outputs` must be an integer >= 1. Received: {outputs!r}"
+        )
     net = _Network(feedback, seed)
     inputs = _input(input_shape)
     x = inputs
@@ -177,7 +197,7 @@ def mlp(
     for units in hidden:
         x = net.dense(units, activation=activation)(x)
         x = net.block_end(x)
-    logits = net.dense(num_classes)(x)
+    logits = net.dense(outputs)(x)
     return net.model(inputs, logits, name=f"mlp_{_name(feedback)}")
 
 

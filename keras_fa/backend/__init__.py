@@ -12,6 +12,9 @@ Everything else in keras_fa is written with `keras.ops`. Two things cannot be:
 - `preserve_random_state`: replays the global random state (torch's
   unseeded dropout uses it) so both passes of a measurement see the same
   masks and training does not see the measurement.
+- `STATELESS_OPTIMIZER`: whether a compiled training loop must apply the
+  optimizer to values and write them back (jax) or may update variables in
+  place (tensorflow, torch).
 - `needs_gradient`: whether the backend will use the gradient of a tensor. Only
   torch can tell (and only torch would otherwise compute unused products);
   tensorflow and jax drop unused products at graph-compile time.
@@ -22,6 +25,7 @@ import keras
 _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
+    from keras_fa.backend.tensorflow import STATELESS_OPTIMIZER
     from keras_fa.backend.tensorflow import after
     from keras_fa.backend.tensorflow import compile_function
     from keras_fa.backend.tensorflow import conv_backward
@@ -29,6 +33,7 @@ if _BACKEND == "tensorflow":
     from keras_fa.backend.tensorflow import preserve_random_state
     from keras_fa.backend.tensorflow import value_and_grad
 elif _BACKEND == "jax":
+    from keras_fa.backend.jax import STATELESS_OPTIMIZER
     from keras_fa.backend.jax import after
     from keras_fa.backend.jax import compile_function
     from keras_fa.backend.jax import conv_backward
@@ -36,6 +41,7 @@ elif _BACKEND == "jax":
     from keras_fa.backend.jax import preserve_random_state
     from keras_fa.backend.jax import value_and_grad
 elif _BACKEND == "torch":
+    from keras_fa.backend.torch import STATELESS_OPTIMIZER
     from keras_fa.backend.torch import after
     from keras_fa.backend.torch import compile_function
     from keras_fa.backend.torch import conv_backward
@@ -50,6 +56,7 @@ else:
     )
 
 __all__ = [
+    "STATELESS_OPTIMIZER",
     "after",
     "compile_function",
     "conv_backward",

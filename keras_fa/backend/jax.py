@@ -40,6 +40,13 @@ def after(x, dependencies):
     return x
 
 
+#: Whether `keras_fa`'s own training loops (the scikit-learn estimators) apply
+#: the optimizer to values (`optimizer.stateless_apply`) inside the compiled
+#: function and write the variables back after it: jax.jit needs pure
+#: functions.
+STATELESS_OPTIMIZER = True
+
+
 def value_and_grad(fn, diff_args, *args):
     """Returns `(value, aux, grads)` of `value, aux = fn(diff_args, *args)`;
     `grads` has the structure of `diff_args`."""

@@ -43,6 +43,13 @@ def after(x, dependencies):
         return tf.identity(x)
 
 
+#: Whether `keras_fa`'s own training loops (the scikit-learn estimators) apply
+#: the optimizer to values: no, Keras's tensorflow optimizer refuses
+#: `stateless_apply` (for tf.distribute); variables are updated in place
+#: inside the tf.function.
+STATELESS_OPTIMIZER = False
+
+
 def value_and_grad(fn, diff_args, *args):
     """Returns `(value, aux, grads)` of `value, aux = fn(diff_args, *args)`;
     `grads` has the structure of `diff_args`, zeros where unconnected."""
