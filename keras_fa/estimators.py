@@ -14,6 +14,7 @@ alignment of every layer with backprop is measured along the way
 (`alignment_curve_`).
 """
 
+import collections
 import math
 import numbers
 import warnings
@@ -60,6 +61,12 @@ _ACTIVATIONS = {
 _PREDICT_CHUNK = 1024
 # Seeds of the Keras model, drawn from `random_state`.
 _MAX_SEED = 2**20
+# Training data on the device is padded to a multiple of this many rows, so
+# that fits on data of similar size (cross-validation folds) share shapes.
+_ROWS = 256
+# Compiled functions of recent networks, by structure (see `_Trainer`).
+_COMPILED = collections.OrderedDict()
+_COMPILED_SIZE = 8
 
 
 def _binary_log_loss(y_true, logits):
@@ -70,8 +77,10 @@ def _binary_log_loss(y_true, logits):
 
 
 def _half_squared_error(y_true, y_pred):
-    # scikit-learn's squared loss is half the mean squared error.
-    return 0.5 * ops.mean(ops.square(y_true - y_pred), axis=-1)
+    # Half the squared error summed over the outputs: the loss whose
+    # gradient scikit-learn's MLPRegressor follows (its `loss_curve_`
+    # reports the mean over the outputs instead).
+    return 0.5 * ops.sum(ops.square(y_true - y_pred), axis=-1)
 
 
 def _loss(out_activation):
@@ -94,7 +103,7 @@ class _Trainer:
     forward kernels; its gradient is the one the model's rules give.
     """
 
-    def __init__(self, model, alpha):
+    def __init__(self, model, alpha, key=None):
         self.model = model
         self.optimizer = model.optimizer
         self.alpha = float(alpha)
@@ -108,6 +117,16 @@ class _Trainer:
         self._training = (
             {"training": True} if model._call_has_training_arg else {}
         )
+        # Where the compiled functions are pure (jax), networks of the same
+        # structure share them: a new fit (a grid-search or cross-validation
+        # candidate) then skips compilation. Their values come as arguments;
+        # what the trace fixes (shapes, rules, optimizer hyperparameters
+        # other than the learning rate, which is a variable) is in `key`.
+        if backend.STATELESS_OPTIMIZER and key is not None:
+            if key in _COMPILED:
+                _COMPILED.move_to_end(key)
+                self._epoch, self._forward = _COMPILED[key]
+                return
         self._epoch = backend.compile_function(
             self._stateless_epoch
             if backend.STATELESS_OPTIMIZER
@@ -117,6 +136,10 @@ class _Trainer:
         self._forward = backend.compile_function(
             self._forward_fn, differentiable=False
         )
+        if backend.STATELESS_OPTIMIZER and key is not None:
+            _COMPILED[key] = (self._epoch, self._forward)
+            while len(_COMPILED) > _COMPILED_SIZE:
+                _COMPILED.popitem(last=False)
 
     def _loss_fn(self, trainable, non_trainable, metrics, x, y, w, norm):
         model = self.model
@@ -427,7 +450,7 @@ class _FAMultilayerPerceptron(BaseEstimator):
         )
         model.optimizer.build(model.trainable_variables)
         self.model_ = model
-        self._trainer = _Trainer(model, spec["alpha"])
+        self._trainer = _Trainer(model, spec["alpha"], key=_structure(spec))
         self._meter = alignment_lib.Alignment(model)
         self._layer_keys = _layer_keys(self._meter.layer_names)
 
@@ -522,12 +545,10 @@ class _FAMultilayerPerceptron(BaseEstimator):
                     stacklevel=4,
                 )
             batch_size = int(np.clip(self.batch_size, 1, n))
-        x_device = ops.convert_to_tensor(
-            np.concatenate([X, np.zeros((1, X.shape[1]), np.float32)])
-        )
-        y_device = ops.convert_to_tensor(
-            np.concatenate([Y, np.zeros((1, Y.shape[1]), np.float32)])
-        )
+        # Row n on is zeros: the padding of the last batch.
+        rows = (n // _ROWS + 1) * _ROWS
+        x_device = ops.convert_to_tensor(_pad_rows(X, rows))
+        y_device = ops.convert_to_tensor(_pad_rows(Y, rows))
         probe = random_state.permutation(n)[:batch_size]
         probe = (X[probe], Y[probe])
         if self._alignment_reference is None:
@@ -742,6 +763,16 @@ class _FAMultilayerPerceptron(BaseEstimator):
         return tags
 
 
+def _structure(spec):
+    """What fixes a network's compiled functions: its spec without the
+    seed (weights) and the learning rate (a variable)."""
+    optimizer = {
+        k: v for k, v in spec["optimizer"].items() if k != "learning_rate"
+    }
+    rest = {k: v for k, v in spec.items() if k not in ("seed", "optimizer")}
+    return (tuple(sorted(rest.items())), tuple(sorted(optimizer.items())))
+
+
 def _layer_keys(layer_names):
     """Maps the model's kernel layers to `hidden_1`, ..., `output`."""
     keys = {}
@@ -749,6 +780,12 @@ def _layer_keys(layer_names):
         last = i == len(layer_names) - 1
         keys[name] = "output" if last else f"hidden_{i + 1}"
     return keys
+
+
+def _pad_rows(a, rows):
+    return np.concatenate(
+        [a, np.zeros((rows - a.shape[0], a.shape[1]), a.dtype)]
+    )
 
 
 def _dense_float32(X):
@@ -974,7 +1011,9 @@ class FARegressor(RegressorMixin, _FAMultilayerPerceptron):
     solvers), with `feedback=` choosing the rule that sends the error
     backwards. It takes the parameters of `FAClassifier` and has its
     attributes, without `classes_`; `validation_scores_` hold R^2 scores.
-    Multi-output targets `(n_samples, n_outputs)` are supported.
+    Multi-output targets `(n_samples, n_outputs)` are supported; the loss is
+    half the squared error summed over the outputs (the steps
+    `MLPRegressor` takes; its `loss_curve_` divides by the outputs).
 
     Example:
 
