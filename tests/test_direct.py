@@ -860,3 +860,32 @@ def test_learns_digits():
     accuracy, hidden_moved, output_moved = train("shallow", epochs=1)
     assert not any(hidden_moved) and all(output_moved)
     assert accuracy > 0.5
+
+
+def test_drtp_signal_weighted_by_sample_weight():
+    """With sample weights, drtp's target signal is weighted like the loss,
+    `s_n y*_n B_l / N`: a weight of 0 removes an example's signal."""
+    model, x, y, _ = make_model("mlp", "drtp")
+    head = head_of(model)
+    weight = np.linspace(0.0, 2.0, len(x)).astype("float32")
+
+    def target_only(y_pred):
+        return head.target_loss(y, y_pred, sample_weight=weight)
+
+    grads = model_gradients(model, x, target_only)
+    d1, d2, _ = layers_of(model, keras.layers.Dense)
+    w1, b1, w2, b2 = (f64(v) for v in (d1.kernel, d1.bias, d2.kernel, d2.bias))
+    h1 = np.tanh(x @ w1 + b1)
+    a2 = h1 @ w2 + b2
+    weighted = weight[:, None] * np.eye(N_OUT)[y]
+    s1, s2 = (weighted @ b / len(x) for b in map(f64, head.feedback_kernels))
+    np.testing.assert_allclose(
+        grads[d1.kernel.path], x.T @ (s1 * (1 - h1**2)), RTOL, ATOL
+    )
+    np.testing.assert_allclose(
+        grads[d2.kernel.path], h1.T @ (s2 * (a2 > 0)), RTOL, ATOL
+    )
+    unweighted = model_gradients(
+        model, x, lambda y_pred: head.target_loss(y, y_pred)
+    )
+    assert not np.allclose(unweighted[d1.kernel.path], grads[d1.kernel.path])
