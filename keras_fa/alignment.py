@@ -26,6 +26,7 @@ The true gradient comes from the same model traced inside
 variables, dropout masks and random draws as the rule's pass.
 """
 
+import collections
 import contextlib
 import math
 import weakref
@@ -243,6 +244,11 @@ class Alignment:
     Args:
         model: a Keras model with keras_fa layers or direct feedback, built.
             `measure` and `gradients` also need it compiled with a loss.
+        share: optional hashable key. On jax, whose compiled functions are
+            pure, meters of models built alike (same layers, rules, loss)
+            and given the same key share their compiled functions, so a new
+            model of a known structure is measured without compiling. Give
+            one key per structure; ignored on the other backends.
 
     Example:
 
@@ -252,7 +258,7 @@ class Alignment:
     >>> meter.measure(x[:256], y[:256])  # {"dense/update_angle": 41.2, ...}
     """
 
-    def __init__(self, model):
+    def __init__(self, model, share=None):
         if not isinstance(model, keras.Model):
             raise TypeError(
                 "Alignment measures a keras.Model. Received: "
@@ -296,6 +302,7 @@ class Alignment:
         self._shapes = {}
         self._functions = {}
         self._rewind = _no_op
+        self._share = share if backend.STATELESS_OPTIMIZER else None
 
     # -- discovery --------------------------------------------------------
 
@@ -480,12 +487,20 @@ class Alignment:
 
     def _compiled(self, key, shapes, kind):
         if (key, kind) not in self._functions:
-            if kind == "gradients":
+            shared = None if self._share is None else (self._share, key, kind)
+            if shared in _SHARED:
+                _SHARED.move_to_end(shared)
+                fn = _SHARED[shared]
+            elif kind == "gradients":
                 fn = self._gradients_fn(shapes)
             elif kind == "weights":
                 fn = self._weights_fn()
             else:
                 fn = self._measure_fn(shapes)
+            if shared is not None:
+                _SHARED[shared] = fn
+                while len(_SHARED) > _SHARED_SIZE:
+                    _SHARED.popitem(last=False)
             self._functions[(key, kind)] = fn
         return self._functions[(key, kind)]
 
@@ -724,6 +739,9 @@ def _neuron_q(pair, kernels):
 
 
 _METERS = weakref.WeakKeyDictionary()
+# Compiled functions shared by meters given a `share` key (jax only).
+_SHARED = collections.OrderedDict()
+_SHARED_SIZE = 24
 
 
 def _meter(model):

@@ -450,8 +450,9 @@ class _FAMultilayerPerceptron(BaseEstimator):
         )
         model.optimizer.build(model.trainable_variables)
         self.model_ = model
-        self._trainer = _Trainer(model, spec["alpha"], key=_structure(spec))
-        self._meter = alignment_lib.Alignment(model)
+        key = _structure(spec)
+        self._trainer = _Trainer(model, spec["alpha"], key=key)
+        self._meter = alignment_lib.Alignment(model, share=key)
         self._layer_keys = _layer_keys(self._meter.layer_names)
 
     def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):

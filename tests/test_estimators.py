@@ -90,9 +90,7 @@ def _assert_same_mlp(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
     for a, b in zip(ours.intercepts_, theirs.intercepts_):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-    np.testing.assert_allclose(
-        ours.loss_curve_, theirs.loss_curve_, rtol=1e-4
-    )
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -207,7 +205,10 @@ def _numpy_epoch(Ws, bs, feedback, rule, X, Y, weight, batch, lr, alpha):
     gets the output error projected by its own matrix (`(e B_l) * f'`);
     "bp": through the forward weights.
     """
-    Ws, bs = [w.astype(np.float64) for w in Ws], [b.astype(np.float64) for b in bs]
+    Ws, bs = (
+        [w.astype(np.float64) for w in Ws],
+        [b.astype(np.float64) for b in bs],
+    )
     n, total = X.shape[0], 0.0
     for start in range(0, n, batch):
         x, t = X[start : start + batch], Y[start : start + batch]
@@ -356,7 +357,9 @@ def test_penalty_applies_to_forward_kernels_only():
     est.partial_fit(np.zeros_like(X), np.zeros_like(y))
     after = est.coefs_
     # Zero inputs: the first kernel gets no data gradient, only the decay.
-    np.testing.assert_allclose(after[0], before[0] * (1 - 0.1 * 2.0 / 20), rtol=1e-6)
+    np.testing.assert_allclose(
+        after[0], before[0] * (1 - 0.1 * 2.0 / 20), rtol=1e-6
+    )
     # kp's B moves by its own rule only (its decay and x^T delta = 0 here).
     assert not np.allclose(after[1], before[1])
     assert np.allclose(_feedback_matrices(est, "kp")[0], feedback_before[0])
@@ -374,3 +377,42 @@ def test_batches_cover_every_example_once():
     np.testing.assert_allclose(w.sum(axis=1), [2.0, 2.0, 2.0])
     np.testing.assert_allclose(w[2], [2.0, 0.0])
     np.testing.assert_allclose(w[0], [5 * 2 / 6, 1 * 2 / 6], rtol=1e-6)
+
+
+def test_shared_compiled_functions_change_nothing():
+    """Networks of one structure share compiled functions (on jax): a fit
+    after another of the same structure gives what it gives alone, and its
+    alignment measures equal those of an unshared meter."""
+    X, y, _ = _data(n=60, features=5, classes=3, seed=4)
+    params = dict(
+        hidden_layer_sizes=(6,), max_iter=4, alignment_every=2, tol=0.0
+    )
+
+    def fit(random_state):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return keras_fa.FAClassifier(
+                random_state=random_state, **params
+            ).fit(X, y)
+
+    estimators._COMPILED.clear()
+    keras_fa.alignment._SHARED.clear()
+    alone = fit(1)
+    estimators._COMPILED.clear()
+    keras_fa.alignment._SHARED.clear()
+    fit(0)
+    after = fit(1)
+    for a, b in zip(alone.coefs_, after.coefs_):
+        np.testing.assert_array_equal(a, b)
+    assert alone.alignment_curve_ == after.alignment_curve_
+    x, target = X[:20].astype(np.float32), np.eye(3, dtype=np.float32)[y[:20]]
+    shared = after._meter.measure(x, target)
+    meter = keras_fa.alignment.Alignment(after.model_)
+    meter.reference = after._meter.reference
+    unshared = meter.measure(x, target)
+    assert shared.keys() == unshared.keys()
+    np.testing.assert_allclose(
+        list(shared.values()), list(unshared.values()), rtol=1e-5, atol=1e-4
+    )
+    angles = [v for k, v in shared.items() if k.endswith("update_angle")]
+    assert angles and angles[0] > 1.0  # fa: not backprop
