@@ -14,14 +14,15 @@ variants alike.
 
 Every timed call is what a user sees: `fit` on a fresh estimator, from the
 call to its return (validation, building the Keras model, compiling the
-epoch function, the epochs, the alignment measurements). Each new
-`FAClassifier` compiles its own functions, so every fit includes its own
-compilation, not only the first. The first fit of each variant in the
-process is a warm-up, reported on its own (`first fit`) and not in the
-medians: it also pays the one-time costs of the process (loading and
-initialising the backend's compiler, kernels and caches); the variant that
-runs first (MLPClassifier, then the first rule with alignment) pays most
-of them.
+epoch function, the epochs, the alignment measurements). On tensorflow each
+new `FAClassifier` traces its own functions, so every fit includes that; on
+jax, networks of one structure share their compiled functions, so only the
+first fit of a structure compiles (what a grid search or cross-validation
+sees); torch compiles nothing. The first fit of each variant in the process
+is a warm-up, reported on its own (`first fit`) and not in the medians: it
+also pays the one-time costs of the process (loading and initialising the
+backend's compiler, kernels and caches); the variant that runs first
+(MLPClassifier, then the first rule with alignment) pays most of them.
 
 It prints a Markdown table and writes it, through a temporary file and
 `os.replace`, to `--output` (by default
@@ -378,7 +379,8 @@ def report(args, argv, variants, data_shapes, load_before):
         "Each variant's first fit (a warm-up, not in the medians), in the "
         "order they ran: the first fits of the process also pay its "
         "one-time costs (loading the backend's compiler and kernels). "
-        "Later fits still compile each new estimator's own functions: "
+        "Later fits re-trace on tensorflow and reuse the compiled "
+        "functions of the same structure on jax: "
         "`1-epoch fit CPU s` is the median CPU time of a fresh fit with "
         "max_iter=1 (set-up, compilation, one epoch, and with alignment "
         "its two measurements), timed in each repeat right after the full "
