@@ -553,7 +553,11 @@ class _FAMultilayerPerceptron(BaseEstimator):
         probe = random_state.permutation(n)[:batch_size]
         probe = (X[probe], Y[probe])
         if self._alignment_reference is None:
-            self._alignment_reference = self._meter.reset_reference()
+            # Q(0), by layer position: names change when a model is rebuilt.
+            self._alignment_reference = {
+                self._layer_keys[name]: q
+                for name, q in self._meter.reset_reference().items()
+            }
         if self.alignment_every and not self.alignment_curve_:
             self._record_alignment(probe)
 
@@ -756,7 +760,10 @@ class _FAMultilayerPerceptron(BaseEstimator):
         ):
             variable.assign(value)
         if self._alignment_reference is not None:
-            self._meter.reference = self._alignment_reference
+            names = {key: name for name, key in self._layer_keys.items()}
+            self._meter.reference = {
+                names[key]: q for key, q in self._alignment_reference.items()
+            }
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

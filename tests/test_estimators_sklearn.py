@@ -385,24 +385,9 @@ def test_pickle_round_trip_and_continued_training(rule, how):
     assert twin.loss_curve_ == estimator.loss_curve_
 
 
-# The rules with a conservation law (fa, kp) report its drift since the fit
-# began; see the reason.
-_DRIFT_LOST_BY_PICKLING = pytest.mark.xfail(
-    strict=True,
-    reason="bug in keras_fa/estimators.py: after unpickling (or deepcopy) "
-    "conservation_drift is NaN: the pickled alignment reference is keyed by "
-    "the old model's Keras layer names, and __setstate__ rebuilds the model "
-    "with new auto-generated names, so Alignment finds no reference",
-)
-
-
 @pytest.mark.parametrize(
     "rule",
-    [
-        pytest.param("fa", marks=_DRIFT_LOST_BY_PICKLING),
-        pytest.param("kp", marks=_DRIFT_LOST_BY_PICKLING),
-        "brsf",
-    ],
+    ["fa", "kp", "brsf"],
 )
 def test_alignment_curve_continues_after_unpickling(rule):
     """The alignment measured after unpickling continues the original's
