@@ -1,0 +1,109 @@
+"""What the paper reproductions share: seeds, statistics, atomic output."""
+
+import argparse
+import io
+import json
+import math
+import os
+import statistics
+
+import numpy as np
+
+from benchmarks.run import write_atomic
+
+RESULTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "results",
+    "paper",
+)
+
+
+def parser(name, description, seeds=3):
+    """Returns an argument parser with the options every reproduction
+    takes: `--seeds`, `--quick` and `--output`."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.paper.{name}", description=description
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=seeds,
+        help=f"number of seeds, 0..n-1 (default {seeds})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a reduced run of a few seconds (what the tests run)",
+    )
+    parser.add_argument(
+        "--output",
+        default=os.path.join(RESULTS, name),
+        help="directory for the JSON results and PNG figures "
+        f"(default benchmarks/results/paper/{name})",
+    )
+    return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer, got {text!r}"
+        )
+    return value
+
+
+def mean_std(values):
+    """Returns `(mean, std)` of the finite values (sample std; 0 for one
+    value; NaN for none)."""
+    values = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
+    if len(values) == 1:
+        return values[0], 0.0
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def _plain(value):
+    # numpy scalars and arrays as JSON numbers and lists; NaN as null.
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(path, data):
+    """Writes `data` as JSON (numpy values converted, NaN as null),
+    whole or not at all."""
+    text = json.dumps(_plain(data), indent=1, sort_keys=True)
+    write_atomic(path, text + "\n")
+    return path
+
+
+def figure(width=6.0, height=4.0):
+    """Returns a matplotlib Figure drawn by the Agg canvas (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def write_png(fig, path):
+    """Writes `fig` to `path` as a PNG, whole or not at all."""
+    buffer = io.BytesIO()
+    fig.canvas.print_png(buffer)
+    write_atomic(path, buffer.getvalue())
+    return path
