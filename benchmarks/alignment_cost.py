@@ -66,7 +66,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import keras
@@ -75,6 +74,9 @@ import numpy as np
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
+from benchmarks.shared import limit_threads  # noqa: E402
+from benchmarks.shared import names  # noqa: E402
+from benchmarks.shared import write_atomic  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
 MODELS = ("mlp", "mlp-wide", "cnn")
@@ -469,29 +471,6 @@ def train_table(results):
     return "\n".join(lines)
 
 
-def limit_threads(threads):
-    """Makes the active backend compute with `threads` threads.
-
-    Must run before the backend computes anything (tensorflow's context and
-    jax's CPU client read their thread settings once).
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    elif backend == "jax":
-        flags = f"intra_op_parallelism_threads={threads}"
-        if threads == 1:
-            flags = "--xla_cpu_multi_thread_eigen=false " + flags
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}"
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def describe(args, resolved_jit):
     """Returns a line that says what was measured, and where."""
     backend = keras.backend.backend()
@@ -550,20 +529,6 @@ def report(args, fits, trains, load_before):
     return "\n\n".join(parts) + "\n"
 
 
-def write_atomically(path, text):
-    """Writes `text` to `path` through a temporary file and `os.replace`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def header(argv, backend=None):
     command = " ".join(
         ["python benchmarks/alignment_cost.py", *map(shlex.quote, argv)]
@@ -581,17 +546,6 @@ def header(argv, backend=None):
         "divide a variant's median ms/step by the baseline's (plain "
         "`model.fit`, or the `train_on_batch` loop).\n"
     )
-
-
-def _names(text, allowed, flag):
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise SystemExit(
-            f"{flag}: unknown or empty {unknown or text!r}; "
-            f"choose from {','.join(allowed)}"
-        )
-    return names
 
 
 def _everys(text):
@@ -682,17 +636,17 @@ def parse_args(argv=None):
         args.steps, args.repeats, args.every = 60, 1, 20
         args.train_every, args.probe = [20, 1], 32
         args.batch_size = 32
-    args.models = _names(args.models, MODELS, "--models")
+    args.models = names(args.models, MODELS, "--models")
     args.train_models = (
         []
         if args.train_models.strip() == "none"
-        else _names(args.train_models, MODELS, "--train-models")
+        else names(args.train_models, MODELS, "--train-models")
     )
-    args.rules = _names(args.rules, RULES, "--rules")
+    args.rules = names(args.rules, RULES, "--rules")
     args.backends = (
         None
         if args.backends is None
-        else _names(args.backends, BACKENDS, "--backends")
+        else names(args.backends, BACKENDS, "--backends")
     )
     if min(args.repeats, args.steps, args.batch_size, args.probe) < 1:
         parser.error("--repeats, --steps, --batch-size, --probe must be >= 1")
@@ -770,9 +724,9 @@ def main(argv=None):
         if "{backend}" in args.output:
             for backend, text in reports.items():
                 path = args.output.replace("{backend}", backend)
-                write_atomically(path, f"{header(argv, argv_backend)}\n{text}")
+                write_atomic(path, f"{header(argv, argv_backend)}\n{text}")
         else:
-            write_atomically(
+            write_atomic(
                 args.output,
                 header(argv, argv_backend) + "\n" + "\n".join(reports.values()),
             )

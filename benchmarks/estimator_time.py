@@ -53,7 +53,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 
@@ -69,6 +68,9 @@ from sklearn.neural_network import MLPClassifier
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
+from benchmarks.shared import limit_threads  # noqa: E402
+from benchmarks.shared import names  # noqa: E402
+from benchmarks.shared import write_atomic  # noqa: E402
 
 RULES = tuple(keras_fa.models.rules())
 DEFAULT_RULES = ("bp", "fa", "usf", "kp", "dfa")
@@ -280,28 +282,11 @@ def first_fit_table(variants, max_iter):
     return "\n".join(lines)
 
 
-def limit_threads(threads):
+def limit_all_threads(threads):
     """Makes the active backend, and the BLAS and OpenMP libraries loaded
-    (MLPClassifier's), compute with `threads` threads.
-
-    Must run before the backend computes anything (tensorflow's context and
-    jax's CPU client read their thread settings once).
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    elif backend == "jax":
-        flags = f"intra_op_parallelism_threads={threads}"
-        if threads == 1:
-            flags = "--xla_cpu_multi_thread_eigen=false " + flags
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}"
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    (MLPClassifier's), compute with `threads` threads; see
+    `benchmarks.shared.limit_threads`."""
+    limit_threads(threads)
     # Set for the rest of the process (no context): numpy's BLAS, OpenMP.
     threadpoolctl.threadpool_limits(limits=threads)
 
@@ -392,31 +377,6 @@ def report(args, argv, variants, data_shapes, load_before):
     )
 
 
-def write_atomically(path, text):
-    """Writes `text` to `path` through a temporary file and `os.replace`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _names(text, allowed, flag):
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise SystemExit(
-            f"{flag}: unknown or empty {unknown or text!r}; "
-            f"choose from {','.join(allowed)}"
-        )
-    return names
-
-
 def _sizes(text):
     try:
         sizes = tuple(int(n) for n in text.split(",") if n.strip())
@@ -473,7 +433,7 @@ def parse_args(argv=None):
         "benchmarks/results/estimator_time_{backend}.md)",
     )
     args = parser.parse_args(argv)
-    args.rules = _names(args.rules, RULES, "--rules")
+    args.rules = names(args.rules, RULES, "--rules")
     if min(args.repeats, args.max_iter) < 1 or args.threads < 0:
         parser.error("--repeats and --max-iter must be >= 1, --threads >= 0")
     if not 0 < args.test_size < 1:
@@ -488,7 +448,7 @@ def main(argv=None):
     args = parse_args(argv)
     load_before = _load()
     if args.threads:
-        limit_threads(args.threads)
+        limit_all_threads(args.threads)
     X_train, X_test, _, _ = load_data(args.test_size, args.random_state)
     with warnings.catch_warnings():
         # Every fit stops at max_iter by design.
@@ -500,7 +460,7 @@ def main(argv=None):
     print(text)
     if args.output:
         path = args.output.replace("{backend}", keras.backend.backend())
-        write_atomically(path, text)
+        write_atomic(path, text)
         print(f"wrote {path}", file=sys.stderr)
 
 

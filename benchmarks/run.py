@@ -34,7 +34,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import keras
@@ -43,6 +42,7 @@ import numpy as np
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
+from benchmarks.shared import write_atomic  # noqa: E402
 from keras_fa import datasets  # noqa: E402
 
 ALL_RULES = (
@@ -231,28 +231,6 @@ def task_label(config):
 def cell_name(config, model, rule, seed):
     """Returns the file stem of a cell."""
     return f"{task_label(config)}__{model}__{rule}__seed{seed}"
-
-
-def write_atomic(path, text):
-    """Writes `text` (str or bytes) to `path` through a temporary file and a
-    rename: the file is either absent, the old one, or complete."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=directory, prefix=".tmp_", suffix=os.path.basename(path)
-    )
-    try:
-        binary = isinstance(text, bytes)
-        mode, encoding = ("wb", None) if binary else ("w", "utf-8")
-        with os.fdopen(handle, mode, encoding=encoding) as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def read_cell(path):

@@ -42,7 +42,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import keras
@@ -51,6 +50,9 @@ import numpy as np
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
+from benchmarks.shared import limit_threads  # noqa: E402
+from benchmarks.shared import names  # noqa: E402
+from benchmarks.shared import write_atomic  # noqa: E402
 
 MODELS = ("mlp", "cnn")
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "drtp", "shallow")
@@ -184,29 +186,6 @@ class Variant:
         self.cpu.append(timer.seconds[1] / steps)
 
 
-def limit_threads(threads):
-    """Makes the active backend compute with `threads` threads.
-
-    Must run before the backend computes anything (tensorflow's context and
-    jax's CPU client read their thread settings once).
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    elif backend == "jax":
-        flags = f"intra_op_parallelism_threads={threads}"
-        if threads == 1:
-            flags = "--xla_cpu_multi_thread_eigen=false " + flags
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}"
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def make_data(model_name, steps, batch_size, seed=0):
     rng = np.random.default_rng(seed)
     n = steps * batch_size
@@ -290,31 +269,6 @@ def describe(args, results):
     )
 
 
-def write_atomically(path, text):
-    """Writes `text` to `path` through a temporary file and `os.replace`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _names(text, allowed, flag):
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise SystemExit(
-            f"{flag}: unknown or empty {unknown or text!r}; "
-            f"choose from {','.join(allowed)}"
-        )
-    return names
-
-
 def _jit_compile(text):
     return {"auto": "auto", "true": True, "false": False}[text.lower()]
 
@@ -353,8 +307,8 @@ def parse_args(argv=None):
     )
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
-    args.models = _names(args.models, MODELS, "--models")
-    args.rules = _names(args.rules, RULES, "--rules")
+    args.models = names(args.models, MODELS, "--models")
+    args.rules = names(args.rules, RULES, "--rules")
     if min(args.repeats, args.steps, args.batch_size, args.threads or 1) < 1:
         parser.error(
             "--repeats, --steps, --batch-size and --threads must be positive"
@@ -380,7 +334,7 @@ def main(argv=None):
     report = f"{describe(args, results)}\n\n{table(results)}\n"
     print(report)
     if args.out:
-        write_atomically(args.out, report)
+        write_atomic(args.out, report)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import statistics
 
 import numpy as np
 
-from benchmarks.run import write_atomic
+from benchmarks.shared import write_atomic
 
 RESULTS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
