@@ -1,7 +1,8 @@
 """Packaging of keras_fa.
 
 `pip install keras_fa[tensorflow]` (or `[jax]`, `[torch]`) brings a backend;
-`[data]` the offline data sets; `[all]` everything. The pinned set this
+`[data]` the offline data sets; `[sklearn]` what FAClassifier and
+FARegressor need; `[all]` everything. The pinned set this
 project is tested with is in requirements.txt.
 """
 
@@ -52,7 +53,14 @@ TEST = [
     "tensorboard",
 ]
 PLOTS = ["matplotlib"]
-EXTRAS = {**BACKENDS, "data": DATA, "plots": PLOTS, "test": TEST}
+SKLEARN = ["scikit-learn>=1.6"]
+EXTRAS = {
+    **BACKENDS,
+    "data": DATA,
+    "plots": PLOTS,
+    "sklearn": SKLEARN,
+    "test": TEST,
+}
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
 setuptools.setup(

@@ -16,8 +16,6 @@ from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
 from keras_fa.direct import DirectFeedbackModel
 from keras_fa.direct import direct_feedback
-from keras_fa.estimators import FAClassifier
-from keras_fa.estimators import FARegressor
 from keras_fa.layers import FAConv1D
 from keras_fa.layers import FAConv2D
 from keras_fa.layers import FADense
@@ -26,6 +24,24 @@ from keras_fa.training import AlignmentHistory
 from keras_fa.training import train
 
 __version__ = "0.1.0"
+
+# The scikit-learn estimators load on first use: scikit-learn is optional.
+_ESTIMATORS = ("FAClassifier", "FARegressor")
+
+
+def __getattr__(name):
+    if name in _ESTIMATORS:
+        try:
+            from keras_fa import estimators
+        except ImportError as error:
+            raise ImportError(
+                f"keras_fa.{name} needs scikit-learn: `pip install "
+                f"scikit-learn` (or `pip install keras_fa[sklearn]`). "
+                f"({error})"
+            ) from error
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'keras_fa' has no attribute {name!r}")
+
 
 __all__ = [
     "AlignmentHistory",

@@ -416,3 +416,32 @@ def test_shared_compiled_functions_change_nothing():
     )
     angles = [v for k, v in shared.items() if k.endswith("update_angle")]
     assert angles and angles[0] > 1.0  # fa: not backprop
+
+
+def test_scikit_learn_is_optional():
+    """Without scikit-learn, keras_fa imports and only the estimators fail,
+    with an error that says what to install."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['sklearn'] = None\n"
+        "import keras_fa\n"
+        "keras_fa.FADense(3)\n"
+        "try:\n"
+        "    keras_fa.FAClassifier\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "needs scikit-learn" in result.stdout
+    assert "keras_fa[sklearn]" in result.stdout
