@@ -91,7 +91,7 @@ PROBE = 256
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
-QUICK_OUTPUT = os.path.join(ROOT, "runs", "paper", "classes-quick")
+QUICK_OUTPUT = common.quick_output(NAME)
 MEASURES = ("gap", "relative_gap")
 # Alignment: the final update angle, and its average over training.
 ANGLES = ("angle", "angle_training")
@@ -121,18 +121,6 @@ def _class_counts(text):
             f"class counts must be integers >= 2, got {text!r}"
         )
     return tuple(counts)
-
-
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be a positive integer, got {text!r}"
-        )
-    return value
 
 
 def parse_args(argv=None):
@@ -169,12 +157,12 @@ def parse_args(argv=None):
     parser.add_argument("--model", choices=MODELS, default="mlp")
     parser.add_argument(
         "--epochs",
-        type=_positive,
+        type=common.positive_int,
         default=None,
         help=f"epochs at 10 classes, scaled by 10/k (default {EPOCHS}; "
         f"--quick {QUICK_EPOCHS})",
     )
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, NAME)
     if args.seeds is None:
         args.seeds = 1 if args.quick else SEEDS
     if args.epochs is None:
@@ -196,11 +184,6 @@ def parse_args(argv=None):
                 f"classes of {name}"
             )
     args.classes = counts
-    if args.quick and args.output == common.parser(NAME, "").get_default(
-        "output"
-    ):
-        # A quick run never replaces the committed results.
-        args.output = QUICK_OUTPUT
     return args
 
 

@@ -11,11 +11,25 @@ import numpy as np
 
 from benchmarks.shared import write_atomic
 
-RESULTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "results",
-    "paper",
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "paper")
+
+
+def quick_output(name):
+    """Returns where a `--quick` run of `name` writes by default:
+    `runs/paper/<name>-quick/` (git-ignored), never the committed results."""
+    return os.path.join(ROOT, "runs", "paper", f"{name}-quick")
+
+
+def parse_args(parser, argv, name):
+    """Parses `argv` with a `parser()`; a `--quick` run without `--output`
+    goes to `quick_output(name)`."""
+    args = parser.parse_args(argv)
+    if args.quick and args.output == parser.get_default("output"):
+        args.output = quick_output(name)
+    return args
 
 
 def parser(name, description, seeds=3):
@@ -26,7 +40,7 @@ def parser(name, description, seeds=3):
     )
     parser.add_argument(
         "--seeds",
-        type=_positive_int,
+        type=positive_int,
         default=seeds,
         help=f"number of seeds, 0..n-1 (default {seeds})",
     )
@@ -44,7 +58,8 @@ def parser(name, description, seeds=3):
     return parser
 
 
-def _positive_int(text):
+def positive_int(text):
+    """argparse type: a positive integer, or a clear error."""
     try:
         value = int(text)
     except ValueError:

@@ -1005,7 +1005,7 @@ def main(argv=None):
         "learning rate, under momentum, Adam and weight decay, and the "
         "alignment it implies.",
     )
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, NAME)
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as error:

@@ -66,14 +66,7 @@ QUICK = {
     "hidden": (32, 32),
 }
 SETTINGS = tuple(FULL)
-QUICK_OUTPUT = os.path.join(
-    os.path.dirname(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ),
-    "runs",
-    "paper",
-    f"{NAME}-quick",
-)
+QUICK_OUTPUT = common.quick_output(NAME)
 # Epochs of the full run: about 6,400 updates of batch 128 on every set
 # (digits, with 1,347 examples, needs them to fit its flipped labels).
 EPOCHS = {"mnist": 200, "mnist1d": 200, "digits": 600}
@@ -167,10 +160,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    args = parser.parse_args(argv)
-    if args.quick and args.output == parser.get_default("output"):
-        # A quick run never overwrites the committed results.
-        args.output = QUICK_OUTPUT
+    args = common.parse_args(parser, argv, NAME)
     preset = QUICK if args.quick else FULL
     for name in SETTINGS:
         if getattr(args, name) is None:

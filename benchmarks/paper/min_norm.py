@@ -81,14 +81,7 @@ QUICK = {
     "max_steps": 3000,
 }
 SETTINGS = tuple(FULL)
-QUICK_OUTPUT = os.path.join(
-    os.path.dirname(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ),
-    "runs",
-    "paper",
-    f"{NAME}-quick",
-)
+QUICK_OUTPUT = common.quick_output(NAME)
 # Steps between two checks of the training loss (one Keras epoch).
 CHUNK = 25
 
@@ -148,10 +141,7 @@ def parse_args(argv=None):
             type=kind,
             help=f"default {FULL[name]} (quick: {QUICK[name]})",
         )
-    args = parser.parse_args(argv)
-    if args.quick and args.output == parser.get_default("output"):
-        # A quick run never overwrites the committed results.
-        args.output = QUICK_OUTPUT
+    args = common.parse_args(parser, argv, NAME)
     preset = QUICK if args.quick else FULL
     for name in SETTINGS:
         if getattr(args, name) is None:
