@@ -12,18 +12,9 @@ import pytest
 
 from benchmarks.paper import label_noise
 from tests.test_datasets import prepared_mnist  # noqa: F401 (a fixture)
+from tests.test_paper_min_norm import _without_timing
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _without_timing(value):
-    if isinstance(value, dict):
-        return {
-            k: _without_timing(v) for k, v in value.items() if k != "seconds"
-        }
-    if isinstance(value, list):
-        return [_without_timing(v) for v in value]
-    return value
 
 
 def test_flip_is_exactly_the_fraction_and_to_another_class():

@@ -71,6 +71,32 @@ def positive_int(text):
     return value
 
 
+def list_of(kind, allowed=None):
+    """argparse type: a comma-separated list of `kind` values, each one of
+    `allowed` if given; an empty list or an unknown value is an error."""
+
+    def parse(text):
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("empty list")
+        try:
+            values = tuple(kind(item) for item in items)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+        unknown = [
+            v for v in values if allowed is not None and v not in allowed
+        ]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(map(str, unknown))}; allowed: "
+                f"{', '.join(allowed)}"
+            )
+        return values
+
+    parse.__name__ = "list"
+    return parse
+
+
 def mean_std(values):
     """Returns `(mean, std)` of the finite values (sample std; 0 for one
     value; NaN for none)."""

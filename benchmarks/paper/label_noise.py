@@ -35,7 +35,6 @@ epochs, mean over seeds) under `--output` (default
 `runs/paper/label_noise-quick/`).
 """
 
-import argparse
 import os
 import time
 
@@ -83,29 +82,6 @@ MEASURES = (
 )
 
 
-def _list_of(kind, allowed=None):
-    def parse(text):
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("empty list")
-        try:
-            values = tuple(kind(item) for item in items)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from error
-        unknown = [
-            v for v in values if allowed is not None and v not in allowed
-        ]
-        if unknown:
-            raise argparse.ArgumentTypeError(
-                f"unknown {', '.join(map(str, unknown))}; allowed: "
-                f"{', '.join(allowed)}"
-            )
-        return values
-
-    parse.__name__ = "list"
-    return parse
-
-
 def parse_args(argv=None):
     """Parses the command line; returns the argparse namespace with every
     setting filled in (from `--quick`'s or the full run's defaults where
@@ -114,14 +90,14 @@ def parse_args(argv=None):
     rules = models.rules()
     parser.add_argument(
         "--rules",
-        type=_list_of(str, rules),
+        type=common.list_of(str, rules),
         help="comma-separated, of "
         f"{','.join(rules)} (default {','.join(FULL['rules'])}; quick: "
         f"{','.join(QUICK['rules'])})",
     )
     parser.add_argument(
         "--datasets",
-        type=_list_of(str, DATASETS),
+        type=common.list_of(str, DATASETS),
         help="comma-separated, of auto (MNIST if prepared, else the "
         "offline sets mnist1d and digits), mnist, mnist1d, digits "
         "(default auto; quick: auto, falling back to digits only)",
@@ -155,7 +131,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--hidden",
-        type=_list_of(int),
+        type=common.list_of(int),
         help="units of the hidden layers (default 256,256; quick: 32,32)",
     )
     parser.add_argument("--batch-size", type=int, default=128)

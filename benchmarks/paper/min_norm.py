@@ -43,7 +43,6 @@ log-log) and `training.png` (relative loss vs step) under `--output`
 `runs/paper/min_norm-quick/`).
 """
 
-import argparse
 import math
 import os
 import time
@@ -86,29 +85,6 @@ QUICK_OUTPUT = common.quick_output(NAME)
 CHUNK = 25
 
 
-def _csv_of(kind, allowed=None):
-    def parse(text):
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("empty list")
-        try:
-            values = tuple(kind(item) for item in items)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from error
-        unknown = [
-            v for v in values if allowed is not None and v not in allowed
-        ]
-        if unknown:
-            raise argparse.ArgumentTypeError(
-                f"unknown {', '.join(map(str, unknown))}; allowed: "
-                f"{', '.join(allowed)}"
-            )
-        return values
-
-    parse.__name__ = "list"
-    return parse
-
-
 def parse_args(argv=None):
     """Parses the command line; returns the argparse namespace with every
     setting filled in (from `--quick`'s or the full run's defaults where
@@ -116,13 +92,13 @@ def parse_args(argv=None):
     parser = common.parser(NAME, __doc__.split("\n")[0])
     parser.add_argument(
         "--rules",
-        type=_csv_of(str, RULES),
+        type=common.list_of(str, RULES),
         help=f"comma-separated (default all: {','.join(RULES)}; quick: "
         f"{','.join(QUICK['rules'])})",
     )
     parser.add_argument(
         "--scales",
-        type=_csv_of(float),
+        type=common.list_of(float),
         help="initial scales, comma-separated (default "
         f"{','.join(map(str, FULL['scales']))}; quick: "
         f"{','.join(map(str, QUICK['scales']))})",
