@@ -506,46 +506,13 @@ class _FAMultilayerPerceptron(BaseEstimator):
 
     def _fit_stochastic(self, X, Y, sample_weight, random_state, incremental):
         self.n_iter_ = 0
+        best = validation = None
         if self.early_stopping:
-            # Stratified for single-output classification, as scikit-learn.
-            stratify = (
-                self._decode(Y)
-                if is_classifier(self)
-                and self._label_binarizer.y_type_ != "multilabel-indicator"
-                else None
+            X, Y, sample_weight, validation = self._split_validation(
+                X, Y, sample_weight, random_state
             )
-            arrays = [X, Y] + ([] if sample_weight is None else [sample_weight])
-            split = train_test_split(
-                *arrays,
-                random_state=random_state,
-                test_size=self.validation_fraction,
-                stratify=stratify,
-            )
-            X, X_val = split[0], split[1]
-            Y, Y_val = split[2], split[3]
-            sample_weight, sw_val = (
-                (split[4], split[5])
-                if sample_weight is not None
-                else (None, None)
-            )
-            if X_val.shape[0] < 2:
-                raise ValueError(
-                    "The validation set is too small. Increase "
-                    "'validation_fraction' or the size of your dataset."
-                )
-            y_val = self._decode(Y_val)
-            best = None
         n = X.shape[0]
-        if self.batch_size == "auto":
-            batch_size = min(200, n)
-        else:
-            if self.batch_size > n:
-                warnings.warn(
-                    "Got `batch_size` less than 1 or larger than sample size. "
-                    "It is going to be clipped",
-                    stacklevel=4,
-                )
-            batch_size = int(np.clip(self.batch_size, 1, n))
+        batch_size = self._batch_size(n)
         # Row n on is zeros: the padding of the last batch.
         rows = (n // _ROWS + 1) * _ROWS
         x_device = ops.convert_to_tensor(_pad_rows(X, rows))
@@ -578,29 +545,11 @@ class _FAMultilayerPerceptron(BaseEstimator):
                 and len(self.loss_curve_) % self.alignment_every == 0
             ):
                 self._record_alignment(probe)
-
-            if self.early_stopping:
-                score = self._score_arrays(X_val, y_val, sw_val)
-                self.validation_scores_.append(score)
-                if self.verbose:
-                    print(f"Validation score: {score:f}")
-                if score < self.best_validation_score_ + self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                if score > self.best_validation_score_:
-                    self.best_validation_score_ = score
-                    best = [
-                        ops.convert_to_numpy(v.value)
-                        for v in self._weight_variables()
-                    ]
-            else:
-                if self.loss_ > self.best_loss_ - self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                self.best_loss_ = min(self.best_loss_, self.loss_)
-
+            if self._improved(validation):
+                best = [
+                    ops.convert_to_numpy(v.value)
+                    for v in self._weight_variables()
+                ]
             if self.solver == "sgd" and self.learning_rate == "invscaling":
                 self._set_learning_rate(
                     float(self.learning_rate_init)
@@ -635,9 +584,74 @@ class _FAMultilayerPerceptron(BaseEstimator):
         epochs = self.alignment_curve_.get("epoch", [])
         if not incremental and epochs and epochs[-1] != len(self.loss_curve_):
             self._record_alignment(probe)
-        if self.early_stopping and best is not None:
+        if best is not None:
             for variable, value in zip(self._weight_variables(), best):
                 variable.assign(value)
+
+    def _split_validation(self, X, Y, sample_weight, random_state):
+        """Holds out `validation_fraction` for early stopping; returns the
+        training arrays and `(X_val, y_val, sample_weight_val)`."""
+        # Stratified for single-output classification, as scikit-learn.
+        stratify = (
+            self._decode(Y)
+            if is_classifier(self)
+            and self._label_binarizer.y_type_ != "multilabel-indicator"
+            else None
+        )
+        arrays = [X, Y] + ([] if sample_weight is None else [sample_weight])
+        split = train_test_split(
+            *arrays,
+            random_state=random_state,
+            test_size=self.validation_fraction,
+            stratify=stratify,
+        )
+        X, X_val = split[0], split[1]
+        Y, Y_val = split[2], split[3]
+        sample_weight, sw_val = (
+            (split[4], split[5]) if sample_weight is not None else (None, None)
+        )
+        if X_val.shape[0] < 2:
+            raise ValueError(
+                "The validation set is too small. Increase "
+                "'validation_fraction' or the size of your dataset."
+            )
+        y_val = self._decode(Y_val)
+        return X, Y, sample_weight, (X_val, y_val, sw_val)
+
+    def _batch_size(self, n):
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn(
+                "Got `batch_size` less than 1 or larger than sample size. "
+                "It is going to be clipped",
+                stacklevel=5,
+            )
+        return int(np.clip(self.batch_size, 1, n))
+
+    def _improved(self, validation):
+        """Counts an epoch without improvement of the validation score (with
+        early stopping) or of the training loss by `tol`; returns whether
+        the validation score is the best yet (its weights are kept)."""
+        if validation is None:
+            if self.loss_ > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            self.best_loss_ = min(self.best_loss_, self.loss_)
+            return False
+        score = self._score_arrays(*validation)
+        self.validation_scores_.append(score)
+        if self.verbose:
+            print(f"Validation score: {score:f}")
+        if score < self.best_validation_score_ + self.tol:
+            self._no_improvement_count += 1
+        else:
+            self._no_improvement_count = 0
+        if score > self.best_validation_score_:
+            self.best_validation_score_ = score
+            return True
+        return False
 
     def _weight_variables(self):
         return self.model_.variables
