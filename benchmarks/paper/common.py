@@ -148,3 +148,15 @@ def write_png(fig, path):
     fig.canvas.print_png(buffer)
     write_atomic(path, buffer.getvalue())
     return path
+
+
+def write_results(output, results, summary_markdown, plot):
+    """Writes `results.json`, `summary.md` (from `summary_markdown(results)`)
+    and the figures (`plot(results, output)`) to `output`, and prints the
+    table."""
+    write_json(os.path.join(output, "results.json"), results)
+    table = summary_markdown(results)
+    write_atomic(os.path.join(output, "summary.md"), table)
+    plot(results, output)
+    print(table)
+    print(f"Results in {os.path.abspath(output)}")

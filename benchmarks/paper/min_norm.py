@@ -52,7 +52,6 @@ import numpy as np
 
 import keras_fa
 from benchmarks.paper import common
-from benchmarks.shared import write_atomic
 
 NAME = "min_norm"
 # Rules whose first-layer update is X^T (...): every layer-wise rule.
@@ -556,12 +555,7 @@ def main(argv=None):
     """Runs the experiment and writes its results; returns them."""
     args = parse_args(argv)
     results = run(args)
-    common.write_json(os.path.join(args.output, "results.json"), results)
-    table = summary_markdown(results)
-    write_atomic(os.path.join(args.output, "summary.md"), table)
-    plot(results, args.output)
-    print(table)
-    print(f"Results in {os.path.abspath(args.output)}")
+    common.write_results(args.output, results, summary_markdown, plot)
     return results
 
 
