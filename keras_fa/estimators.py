@@ -108,11 +108,7 @@ class _Trainer:
         self.optimizer = model.optimizer
         self.alpha = float(alpha)
         trainable = model.trainable_variables
-        kernels = {
-            id(layer.kernel)
-            for layer in model._flatten_layers(include_self=False)
-            if getattr(layer, "kernel", None) is not None
-        }
+        kernels = {id(layer.kernel) for layer in _kernel_layers(model)}
         self._kernels = [i for i, v in enumerate(trainable) if id(v) in kernels]
         self._training = (
             {"training": True} if model._call_has_training_arg else {}
@@ -547,8 +543,7 @@ class _FAMultilayerPerceptron(BaseEstimator):
                 self._record_alignment(probe)
             if self._improved(validation):
                 best = [
-                    ops.convert_to_numpy(v.value)
-                    for v in self._weight_variables()
+                    ops.convert_to_numpy(v.value) for v in self.model_.variables
                 ]
             if self.solver == "sgd" and self.learning_rate == "invscaling":
                 self._set_learning_rate(
@@ -585,7 +580,7 @@ class _FAMultilayerPerceptron(BaseEstimator):
         if not incremental and epochs and epochs[-1] != len(self.loss_curve_):
             self._record_alignment(probe)
         if best is not None:
-            for variable, value in zip(self._weight_variables(), best):
+            for variable, value in zip(self.model_.variables, best):
                 variable.assign(value)
 
     def _split_validation(self, X, Y, sample_weight, random_state):
@@ -653,9 +648,6 @@ class _FAMultilayerPerceptron(BaseEstimator):
             return True
         return False
 
-    def _weight_variables(self):
-        return self.model_.variables
-
     def _reset_optimizer(self):
         optimizer = self.model_.optimizer
         for variable in optimizer.variables:
@@ -717,24 +709,18 @@ class _FAMultilayerPerceptron(BaseEstimator):
     def coefs_(self):
         """The forward kernels, input layer first (numpy), as in
         scikit-learn's `MLPClassifier.coefs_`."""
-        return [ops.convert_to_numpy(k) for k in self._kernel_variables()]
+        return [
+            ops.convert_to_numpy(layer.kernel)
+            for layer in _kernel_layers(self.model_)
+        ]
 
     @property
     def intercepts_(self):
         """The biases, input layer first (numpy)."""
         return [
-            ops.convert_to_numpy(layer.bias) for layer in self._kernel_layers()
+            ops.convert_to_numpy(layer.bias)
+            for layer in _kernel_layers(self.model_)
         ]
-
-    def _kernel_layers(self):
-        return [
-            layer
-            for layer in self.model_._flatten_layers(include_self=False)
-            if getattr(layer, "kernel", None) is not None
-        ]
-
-    def _kernel_variables(self):
-        return [layer.kernel for layer in self._kernel_layers()]
 
     @property
     def n_layers_(self):
@@ -783,6 +769,15 @@ class _FAMultilayerPerceptron(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
+
+
+def _kernel_layers(model):
+    """The model's layers with a forward kernel, in order."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if getattr(layer, "kernel", None) is not None
+    ]
 
 
 def _structure(spec):

@@ -245,7 +245,7 @@ def _feedback_matrices(estimator, rule):
         return _values(head.feedback_kernels)
     return [
         keras.ops.convert_to_numpy(layer.feedback_kernel)
-        for layer in estimator._kernel_layers()
+        for layer in estimators._kernel_layers(estimator.model_)
     ]
 
 
