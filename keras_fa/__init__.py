@@ -17,8 +17,19 @@ from keras_fa.direct import DirectFeedback
 from keras_fa.direct import DirectFeedbackModel
 from keras_fa.direct import direct_feedback
 from keras_fa.layers import FAConv1D
+from keras_fa.layers import FAConv1DTranspose
 from keras_fa.layers import FAConv2D
+from keras_fa.layers import FAConv2DTranspose
+from keras_fa.layers import FAConv3D
+from keras_fa.layers import FAConv3DTranspose
 from keras_fa.layers import FADense
+from keras_fa.layers import FADepthwiseConv1D
+from keras_fa.layers import FADepthwiseConv2D
+from keras_fa.layers import FAEinsumDense
+from keras_fa.layers import FAGroupQueryAttention
+from keras_fa.layers import FAMultiHeadAttention
+from keras_fa.layers import FASeparableConv1D
+from keras_fa.layers import FASeparableConv2D
 from keras_fa.plotting import plot_alignment
 from keras_fa.training import AlignmentHistory
 from keras_fa.training import train
@@ -51,8 +62,19 @@ __all__ = [
     "direct_feedback",
     "FAClassifier",
     "FAConv1D",
+    "FAConv1DTranspose",
     "FAConv2D",
+    "FAConv2DTranspose",
+    "FAConv3D",
+    "FAConv3DTranspose",
     "FADense",
+    "FADepthwiseConv1D",
+    "FADepthwiseConv2D",
+    "FAEinsumDense",
+    "FAGroupQueryAttention",
+    "FAMultiHeadAttention",
+    "FASeparableConv1D",
+    "FASeparableConv2D",
     "FARegressor",
     "alignment",
     "callbacks",

@@ -1,6 +1,7 @@
-"""The two feedback ops: a matmul and a convolution with a chosen backward.
+"""The feedback ops: products of an input and a kernel with a chosen backward.
 
-Both run the usual forward op. Their backward pass returns the local kernel
+A matmul, an einsum, and convolutions (plain, depthwise, transposed). Each runs
+the usual forward op. Their backward pass returns the local kernel
 gradient and sends the error to the input through `rule.backward_kernel(...)`
 instead of the forward kernel: the same products backprop computes, with one
 operand swapped, so a feedback layer costs what a backprop layer costs.
@@ -45,28 +46,47 @@ def feedback_matmul(inputs, kernel, rule, feedback=()):
         feedback: tuple of tensors the rule's backward pass needs.
     """
 
+    def backward(x, b, dy):
+        # B serves only d inputs: torch skips both for a model's first layer
+        # (tensorflow and jax prune them when compiling).
+        dx = None
+        if backend.needs_gradient(x):
+            dx = ops.matmul(dy, ops.transpose(b))
+        if len(x.shape) == 2:
+            return dx, ops.matmul(ops.transpose(x), dy)
+        dw = ops.matmul(
+            ops.transpose(ops.reshape(x, (-1, x.shape[-1]))),
+            ops.reshape(dy, (-1, dy.shape[-1])),
+        )
+        return dx, dw
+
+    return _feedback_product(
+        inputs, kernel, rule, feedback, ops.matmul, backward
+    )
+
+
+def _feedback_product(inputs, kernel, rule, feedback, forward, backward):
+    """Returns `forward(inputs, kernel)`, whose gradient follows `rule`.
+
+    `backward(x, b, dy)` returns `(d inputs, d kernel)` of the product, with
+    the input gradient taken through `b` (the rule's backward kernel, or the
+    forward kernel where the input needs no gradient) and the kernel gradient
+    from `x`: the two products backprop computes, with one operand swapped.
+    """
+
     @ops.custom_gradient
-    def matmul(x, w, *fb):
+    def product(x, w, *fb):
         def grad(*args, upstream=None):
             dy = _upstream(args, upstream)
-            dx = None
-            # B serves only d inputs: torch skips both for a model's first
-            # layer (tensorflow and jax prune them when compiling).
-            if backend.needs_gradient(x):
-                b = rule.backward_kernel(w, *fb)
-                dx = ops.matmul(dy, ops.transpose(b))
-            if len(x.shape) == 2:
-                dw = ops.matmul(ops.transpose(x), dy)
-            else:
-                dw = ops.matmul(
-                    ops.transpose(ops.reshape(x, (-1, x.shape[-1]))),
-                    ops.reshape(dy, (-1, dy.shape[-1])),
-                )
+            # B serves only d inputs, which the backends skip where they are
+            # not needed (torch); then any kernel of the right shape does.
+            b = rule.backward_kernel(w, *fb) if backend.needs_gradient(x) else w
+            dx, dw = backward(x, b, dy)
             return (dx, dw, *_feedback_gradients(rule, dw, fb, w))
 
-        return ops.matmul(x, w), grad
+        return forward(x, w), grad
 
-    return matmul(inputs, kernel, *feedback)
+    return product(inputs, kernel, *feedback)
 
 
 def feedback_conv(
@@ -87,32 +107,161 @@ def feedback_conv(
     Arguments after `feedback` are those of `keras.ops.conv`.
     """
     rank = len(inputs.shape) - 2
-    strides = _tuple(strides, rank)
-    dilation_rate = _tuple(dilation_rate, rank)
+    kwargs = dict(
+        strides=_tuple(strides, rank),
+        padding=padding,
+        dilation_rate=_tuple(dilation_rate, rank),
+        data_format=data_format,
+    )
+    return _feedback_product(
+        inputs,
+        kernel,
+        rule,
+        feedback,
+        lambda x, w: ops.conv(x, w, **kwargs),
+        lambda x, b, dy: backend.conv_backward(x, b, dy, *kwargs.values()),
+    )
 
-    @ops.custom_gradient
-    def conv(x, w, *fb):
-        def grad(*args, upstream=None):
-            dy = _upstream(args, upstream)
-            # B serves only d inputs, which conv_backward skips where they
-            # are not needed (torch); then any kernel of the right shape does.
-            b = rule.backward_kernel(w, *fb) if backend.needs_gradient(x) else w
-            dx, dw = backend.conv_backward(
-                x, b, dy, strides, padding, dilation_rate, data_format
-            )
-            return (dx, dw, *_feedback_gradients(rule, dw, fb, w))
 
-        y = ops.conv(
-            x,
-            w,
-            strides=strides,
-            padding=padding,
-            dilation_rate=dilation_rate,
-            data_format=data_format,
-        )
-        return y, grad
+def feedback_depthwise_conv(
+    inputs,
+    kernel,
+    rule,
+    feedback=(),
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    data_format=None,
+):
+    """Returns `ops.depthwise_conv(inputs, kernel, ...)`, whose gradient
+    follows `rule`.
 
-    return conv(inputs, kernel, *feedback)
+    Gradients: `d inputs` is the transposed depthwise convolution of delta
+    with `B = rule.backward_kernel(kernel, *feedback)` (B shaped like the
+    depthwise kernel, `(*kernel_size, in_channels, depth_multiplier)`);
+    `d kernel` is the usual one. Arguments after `feedback` are those of
+    `keras.ops.depthwise_conv`.
+    """
+    rank = len(inputs.shape) - 2
+    kwargs = dict(
+        strides=_tuple(strides, rank),
+        padding=padding,
+        dilation_rate=_tuple(dilation_rate, rank),
+        data_format=data_format,
+    )
+    return _feedback_product(
+        inputs,
+        kernel,
+        rule,
+        feedback,
+        lambda x, w: ops.depthwise_conv(x, w, **kwargs),
+        lambda x, b, dy: backend.depthwise_conv_backward(
+            x, b, dy, *kwargs.values()
+        ),
+    )
+
+
+def feedback_conv_transpose(
+    inputs,
+    kernel,
+    rule,
+    feedback=(),
+    strides=1,
+    padding="valid",
+    output_padding=None,
+    dilation_rate=1,
+    data_format=None,
+):
+    """Returns `ops.conv_transpose(inputs, kernel, ...)`, whose gradient
+    follows `rule`.
+
+    Gradients: `d inputs` is the convolution of delta with
+    `B = rule.backward_kernel(kernel, *feedback)` (B shaped like the kernel,
+    `(*kernel_size, filters, in_channels)`); `d kernel` is the usual one.
+    Arguments after `feedback` are those of `keras.ops.conv_transpose`.
+    """
+    rank = len(inputs.shape) - 2
+    kwargs = dict(
+        strides=_tuple(strides, rank),
+        padding=padding,
+        output_padding=output_padding,
+        dilation_rate=_tuple(dilation_rate, rank),
+        data_format=data_format,
+    )
+    return _feedback_product(
+        inputs,
+        kernel,
+        rule,
+        feedback,
+        lambda x, w: ops.conv_transpose(x, w, **kwargs),
+        lambda x, b, dy: backend.conv_transpose_backward(
+            x, b, dy, *kwargs.values()
+        ),
+    )
+
+
+def feedback_einsum(equation, inputs, kernel, rule, feedback=()):
+    """Returns `ops.einsum(equation, inputs, kernel)`, whose gradient follows
+    `rule`.
+
+    `equation` is an `EinsumDense` equation, `"<in>,<kernel>-><out>"`,
+    with an optional `...` in the input and output. Gradients:
+    `d inputs = einsum("<out>,<kernel>-><in>", delta, B)` with
+    `B = rule.backward_kernel(kernel, *feedback)` shaped like the kernel;
+    `d kernel = einsum("<in>,<out>-><kernel>", inputs, delta)`; an axis that
+    only one operand has (summed in the forward pass) gets its gradient
+    broadcast along it.
+    """
+    in_spec, kernel_spec, out_spec = einsum_specs(equation, len(inputs.shape))
+
+    def backward(x, b, dy):
+        dx = None
+        if backend.needs_gradient(x):
+            dx = _einsum_to(out_spec, dy, kernel_spec, b, in_spec, x.shape)
+        dw = _einsum_to(in_spec, x, out_spec, dy, kernel_spec, b.shape)
+        return dx, dw
+
+    spec = f"{in_spec},{kernel_spec}->{out_spec}"
+    return _feedback_product(
+        inputs,
+        kernel,
+        rule,
+        feedback,
+        lambda x, w: ops.einsum(spec, x, w),
+        backward,
+    )
+
+
+def einsum_specs(equation, input_rank):
+    """Returns the `(input, kernel, output)` index strings of an EinsumDense
+    equation, with `...` spelled out as letters for an input of rank
+    `input_rank`."""
+    operands, out_spec = equation.replace(" ", "").split("->")
+    in_spec, kernel_spec = operands.split(",")
+    if "..." in in_spec:
+        used = set(in_spec + kernel_spec + out_spec)
+        free = [c for c in _LETTERS if c not in used]
+        n = input_rank - (len(in_spec) - 3)
+        ellipsis = "".join(free[:n])
+        in_spec = in_spec.replace("...", ellipsis)
+        out_spec = out_spec.replace("...", ellipsis)
+    return in_spec, kernel_spec, out_spec
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _einsum_to(spec_a, a, spec_b, b, target, shape):
+    # The gradient of one einsum operand: the einsum of the other two, with
+    # the axes that only the target has (summed alone in the forward pass)
+    # broadcast back.
+    kept = "".join(c for c in target if c in spec_a or c in spec_b)
+    result = ops.einsum(f"{spec_a},{spec_b}->{kept}", a, b)
+    if kept == target:
+        return result
+    expanded = [i for i, c in enumerate(target) if c not in kept]
+    result = ops.expand_dims(result, expanded)
+    return ops.broadcast_to(result, tuple(shape))
 
 
 def _tuple(value, rank):

@@ -1,6 +1,7 @@
 """What every keras_fa layer adds to the Keras layer it replaces."""
 
 import numbers
+import weakref
 
 import keras
 from keras import initializers
@@ -68,6 +69,14 @@ def standardize_seed(seed):
     return int(seed)  # numpy integers too; the config stays JSON
 
 
+def layer_seed(seed, index):
+    """Returns the seed of sub-layer or layer `index` derived from a user
+    `seed` (None stays None)."""
+    if seed is None:
+        return None
+    return (seed + index) % 2**31
+
+
 def _value(tensor):
     # Custom-gradient ops need tensors, not variables (torch requires it).
     if isinstance(tensor, keras.Variable):
@@ -102,7 +111,8 @@ class FeedbackMixin:
     @property
     def kernel_shape_for_feedback(self):
         """The shape of the feedback kernel: that of the forward kernel."""
-        return tuple(self._kernel.shape)
+        kernel = getattr(self, "_kernel", None)
+        return tuple((self.kernel if kernel is None else kernel).shape)
 
     def _build_feedback(self):
         # With `lora_rank`, the Keras `build` ends in `enable_lora`, which
@@ -146,13 +156,25 @@ class FeedbackMixin:
         return 1 + int(self.bias is not None)
 
     def save_own_variables(self, store):
-        """Saves kernel and bias as Keras does, then the feedback state."""
+        """Saves what the Keras layer saves, in its layout, then the feedback
+        state."""
         if not self.built:
             return
-        super().save_own_variables(store)
-        start = self._num_base_entries()
-        for i, variable in enumerate(self._feedback_variables()):
-            store[str(start + i)] = variable
+        # Dense, EinsumDense and the convolutions store kernel and bias;
+        # Keras layers that keep Layer's default store every variable of
+        # their own, the feedback kernel among them. Either way the Keras
+        # entries come first and the feedback state follows, once.
+        keras_store = {}
+        super().save_own_variables(keras_store)
+        feedback = self._feedback_variables()
+        ids = {id(v) for v in feedback}
+        entries = [
+            keras_store[key]
+            for key in sorted(keras_store, key=int)
+            if id(keras_store[key]) not in ids
+        ]
+        for i, value in enumerate(entries + feedback):
+            store[str(i)] = value
 
     def _check_load_own_variables(self, store):
         expected = self._num_base_entries() + len(self._feedback_variables())
@@ -200,3 +222,70 @@ class FeedbackMixin:
             ),
             "seed": self.seed,
         }
+
+
+class FeedbackKernel(FeedbackMixin, keras.layers.Layer):
+    """The feedback of one kernel of a layer that has several.
+
+    A layer with two kernels (a separable convolution's depthwise and
+    pointwise kernels) owns one `FeedbackKernel` per kernel: it holds that
+    kernel's feedback state (B, seed generator), runs the kernel's product
+    with the rule's backward pass (`apply`), and is what alignment measures
+    and `keras_fa.feedback_summary` see for that kernel. The forward kernel
+    stays a variable of the owning layer, as in the Keras layer.
+
+    Args:
+        owner: the layer that holds the kernel.
+        kernel_name: the attribute of `owner` that is the kernel.
+        feedback, feedback_initializer, seed: as for `FADense`.
+        regularizer, constraint: those of the kernel (kp's B carries them).
+    """
+
+    def __init__(
+        self,
+        owner,
+        kernel_name,
+        feedback="fa",
+        feedback_initializer="glorot_uniform",
+        seed=None,
+        regularizer=None,
+        constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # A weak reference: the owner tracks this layer, not the reverse.
+        self._owner = weakref.ref(owner)
+        self.kernel_name = kernel_name
+        self.kernel_regularizer = regularizer
+        self.kernel_constraint = constraint
+        self.bias = None
+        self._kernel_shape = None
+        self._init_feedback(feedback, feedback_initializer, seed)
+
+    @property
+    def kernel(self):
+        """The owner's forward kernel this feedback serves."""
+        return getattr(self._owner(), self.kernel_name)
+
+    @property
+    def kernel_shape_for_feedback(self):
+        return self._kernel_shape
+
+    def build(self, kernel_shape):
+        """Creates the feedback state for a kernel of shape `kernel_shape`."""
+        self._kernel_shape = tuple(kernel_shape)
+        self._build_feedback()
+        self.built = True
+
+    def apply(self, inputs, forward, feedback_op, **op_kwargs):
+        """Returns `forward(inputs, kernel)` with the rule's backward pass."""
+        return self._apply_feedback(inputs, forward, feedback_op, **op_kwargs)
+
+    def _num_base_entries(self):
+        return 0
+
+    def get_config(self):
+        raise NotImplementedError(
+            "FeedbackKernel is created by the layer that owns the kernel and "
+            "is saved with it; it has no config of its own."
+        )

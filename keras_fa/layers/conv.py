@@ -1,4 +1,4 @@
-"""FAConv1D and FAConv2D: Keras convolutions with a feedback rule."""
+"""FAConv1D, FAConv2D and FAConv3D: Keras convolutions with a feedback rule."""
 
 import functools
 
@@ -77,6 +77,13 @@ class _FAConv(FeedbackMixin):
 class FAConv2D(_FAConv, keras.layers.Conv2D):
     __doc__ = "2D convolution whose backward pass follows a feedback rule." + (
         _CONV_DOC.format(keras_name="Conv2D")
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_fa")
+class FAConv3D(_FAConv, keras.layers.Conv3D):
+    __doc__ = "3D convolution whose backward pass follows a feedback rule." + (
+        _CONV_DOC.format(keras_name="Conv3D")
     )
 
 

@@ -1,0 +1,116 @@
+"""FAEinsumDense: `keras.layers.EinsumDense` with a feedback rule."""
+
+import keras
+from keras import ops
+
+from keras_fa.layers.base import FeedbackMixin
+from keras_fa.ops import einsum_specs
+from keras_fa.ops import feedback_einsum
+
+
+@keras.saving.register_keras_serializable(package="keras_fa")
+class FAEinsumDense(FeedbackMixin, keras.layers.EinsumDense):
+    """Einsum projection whose backward pass follows a feedback rule.
+
+    The forward pass is that of `keras.layers.EinsumDense`:
+    `activation(einsum(equation, inputs, kernel) + bias)`. In the backward
+    pass the error reaches the inputs through a feedback kernel B shaped like
+    the kernel, `d inputs = einsum("<out>,<kernel>-><in>", delta, B)`, while
+    the kernel still learns from its local gradient
+    `einsum("<in>,<out>-><kernel>", inputs, delta)`. With `feedback="bp"` the
+    layer is exactly a Keras `EinsumDense` layer.
+
+    Args:
+        equation: the einsum equation, as for `keras.layers.EinsumDense`
+            (e.g. `"ab,bc->ac"`, `"...b,bc->...c"`, `"abc,cde->abde"`).
+        output_shape: the expected output shape, without the batch axis.
+        feedback: the feedback rule: a name (`"fa"` (default), `"bp"`,
+            `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`), a config dict, or a
+            `keras_fa.feedback.FeedbackRule`.
+        feedback_initializer: initializer of the feedback kernel (fa, kp, wm)
+            or of its random magnitudes (frsf, brsf). Defaults to
+            `"glorot_uniform"`; a variance-scaling initializer takes its fans
+            from the equation's input and output axes, as the kernel's does.
+        seed: integer seed of the feedback weights; the same seed gives the
+            same B. None draws from Keras's global random state.
+        **kwargs: every other argument of `keras.layers.EinsumDense`
+            (bias_axes, activation, initializers, regularizers, constraints,
+            lora_rank, dtype, name...).
+
+    Example:
+
+    >>> layer = keras_fa.FAEinsumDense(
+    ...     "abc,cde->abde", output_shape=(None, 4, 16), bias_axes="de"
+    ... )
+    """
+
+    def __init__(
+        self,
+        equation,
+        output_shape,
+        feedback="fa",
+        feedback_initializer="glorot_uniform",
+        seed=None,
+        **kwargs,
+    ):
+        _check_equation(equation)
+        super().__init__(equation, output_shape, **kwargs)
+        self._init_feedback(feedback, feedback_initializer, seed)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        in_spec, kernel_spec, out_spec = einsum_specs(
+            self.equation, len(input_shape)
+        )
+        init = self.feedback_initializer
+        if isinstance(init, keras.initializers.VarianceScaling) and (
+            init.input_axes is None or init.output_axes is None
+        ):
+            # Fans from the equation, as EinsumDense does for its kernel.
+            config = init.get_config()
+            config["input_axes"] = [
+                i for i, c in enumerate(kernel_spec) if c in in_spec
+            ]
+            config["output_axes"] = [
+                i for i, c in enumerate(kernel_spec) if c in out_spec
+            ]
+            self.feedback_initializer = type(init).from_config(config)
+        self._build_feedback()
+
+    def call(self, inputs, training=None):
+        x = self._apply_feedback(
+            inputs,
+            lambda x, w: ops.einsum(self.equation, x, w),
+            _einsum_op,
+            equation=self.equation,
+        )
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), **self._feedback_config()}
+
+
+def _einsum_op(inputs, kernel, rule, feedback, equation):
+    return feedback_einsum(equation, inputs, kernel, rule, feedback)
+
+
+def _check_equation(equation):
+    # Keras accepts an operand that repeats a letter (a diagonal); its
+    # gradient is not a single einsum, so it is refused here by name.
+    if not isinstance(equation, str) or "->" not in equation:
+        raise ValueError(
+            "`equation` must be an einsum string such as 'ab,bc->ac'. "
+            f"Received: equation={equation!r}"
+        )
+    operands, output = equation.replace(" ", "").split("->", 1)
+    for spec in operands.split(",") + [output]:
+        letters = spec.replace("...", "")
+        if len(set(letters)) != len(letters):
+            raise ValueError(
+                "FAEinsumDense needs distinct letters within each operand of "
+                f"`equation` (no diagonals). Received: equation={equation!r}"
+            )

@@ -1,0 +1,165 @@
+"""FASeparableConv1D and FASeparableConv2D: Keras separable convolutions with
+a feedback rule for each of their two kernels."""
+
+import functools
+
+import keras
+from keras import ops
+
+from keras_fa import feedback as feedback_lib
+from keras_fa.layers.base import FeedbackKernel
+from keras_fa.layers.base import get_feedback_initializer
+from keras_fa.layers.base import layer_seed
+from keras_fa.layers.base import standardize_seed
+from keras_fa.ops import feedback_conv
+from keras_fa.ops import feedback_depthwise_conv
+
+_DOC = """
+
+    The forward pass is that of `keras.layers.{keras_name}`: a depthwise
+    convolution with the depthwise kernel, then a 1x1 convolution with the
+    pointwise kernel. Each kernel has its own feedback: in the backward pass
+    the error crosses the pointwise product through a feedback kernel B_p
+    (shaped like the pointwise kernel) and the depthwise product through a
+    feedback kernel B_d (shaped like the depthwise kernel), while each kernel
+    learns from its local gradient (the depthwise kernel from the signal that
+    crossed B_p). With `feedback="bp"` the layer computes what a Keras
+    `{keras_name}` layer computes.
+
+    The feedback state of each kernel lives in a sub-layer,
+    `depthwise_feedback` and `pointwise_feedback` (`keras_fa.layers.
+    FeedbackKernel`), which is also what alignment measures name.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: size of the depthwise convolution window.
+        feedback: the feedback rule of both kernels: a name (`"fa"`
+            (default), `"bp"`, `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`), a
+            config dict, or a `keras_fa.feedback.FeedbackRule`.
+        feedback_initializer: initializer of the feedback kernels (fa, kp,
+            wm) or of their random magnitudes (frsf, brsf). Defaults to
+            `"glorot_uniform"`.
+        seed: integer seed of the feedback weights (the depthwise kernel's
+            from `seed`, the pointwise kernel's from `seed + 1`). None draws
+            from Keras's global random state.
+        **kwargs: every other argument of `keras.layers.{keras_name}`
+            (strides, padding, depth_multiplier, data_format, dilation_rate,
+            activation, use_bias, initializers, regularizers, constraints,
+            dtype, name...).
+"""
+
+
+class _FASeparableConv:
+    """Shared code of the feedback separable convolutions."""
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        feedback="fa",
+        feedback_initializer="glorot_uniform",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(filters, kernel_size, **kwargs)
+        self.feedback = feedback_lib.get(feedback)
+        self._unseeded_feedback_initializer = get_feedback_initializer(
+            feedback_initializer
+        )
+        self.seed = standardize_seed(seed)
+        common = dict(
+            feedback=self.feedback,
+            feedback_initializer=self._unseeded_feedback_initializer,
+            dtype=self.dtype_policy,
+        )
+        self.depthwise_feedback = FeedbackKernel(
+            self,
+            "depthwise_kernel",
+            seed=layer_seed(self.seed, 0),
+            regularizer=self.depthwise_regularizer,
+            constraint=self.depthwise_constraint,
+            name="depthwise_feedback",
+            **common,
+        )
+        self.pointwise_feedback = FeedbackKernel(
+            self,
+            "pointwise_kernel",
+            seed=layer_seed(self.seed, 1),
+            regularizer=self.pointwise_regularizer,
+            constraint=self.pointwise_constraint,
+            name="pointwise_feedback",
+            **common,
+        )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.depthwise_feedback.build(self.depthwise_kernel.shape)
+        self.pointwise_feedback.build(self.pointwise_kernel.shape)
+
+    def call(self, inputs):
+        depthwise_kwargs = dict(
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        pointwise_kwargs = dict(
+            strides=1,
+            padding="valid",
+            dilation_rate=1,
+            data_format=self.data_format,
+        )
+        hidden = self.depthwise_feedback.apply(
+            inputs,
+            functools.partial(ops.depthwise_conv, **depthwise_kwargs),
+            feedback_depthwise_conv,
+            **depthwise_kwargs,
+        )
+        outputs = self.pointwise_feedback.apply(
+            hidden,
+            functools.partial(ops.conv, **pointwise_kwargs),
+            feedback_conv,
+            **pointwise_kwargs,
+        )
+        if self.use_bias:
+            if self.data_format == "channels_last":
+                bias_shape = (1,) * (self.rank + 1) + (self.filters,)
+            else:
+                bias_shape = (1, self.filters) + (1,) * self.rank
+            outputs = ops.add(outputs, ops.reshape(self.bias, bias_shape))
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "feedback": feedback_lib.serialize(self.feedback),
+            "feedback_initializer": keras.initializers.serialize(
+                self._unseeded_feedback_initializer
+            ),
+            "seed": self.seed,
+        }
+
+    def quantize(self, *args, **kwargs):
+        """Not supported: feedback layers keep full-precision kernels."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support quantization: its "
+            "backward pass needs the full-precision kernels."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_fa")
+class FASeparableConv1D(_FASeparableConv, keras.layers.SeparableConv1D):
+    __doc__ = (
+        "1D separable convolution whose backward pass follows a feedback "
+        "rule." + _DOC.format(keras_name="SeparableConv1D")
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_fa")
+class FASeparableConv2D(_FASeparableConv, keras.layers.SeparableConv2D):
+    __doc__ = (
+        "2D separable convolution whose backward pass follows a feedback "
+        "rule." + _DOC.format(keras_name="SeparableConv2D")
+    )
