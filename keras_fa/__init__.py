@@ -28,6 +28,7 @@ from keras_fa.layers import FADepthwiseConv2D
 from keras_fa.layers import FAEinsumDense
 from keras_fa.layers import FAGroupQueryAttention
 from keras_fa.layers import FAMultiHeadAttention
+from keras_fa.layers import FAReversibleEmbedding
 from keras_fa.layers import FASeparableConv1D
 from keras_fa.layers import FASeparableConv2D
 from keras_fa.plotting import plot_alignment
@@ -73,6 +74,7 @@ __all__ = [
     "FAEinsumDense",
     "FAGroupQueryAttention",
     "FAMultiHeadAttention",
+    "FAReversibleEmbedding",
     "FASeparableConv1D",
     "FASeparableConv2D",
     "FARegressor",

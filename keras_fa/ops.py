@@ -65,6 +65,35 @@ def feedback_matmul(inputs, kernel, rule, feedback=()):
     )
 
 
+def feedback_matmul_transposed(inputs, kernel, rule, feedback=()):
+    """Returns `inputs @ transpose(kernel)`, whose gradient follows `rule`.
+
+    The product of a tied embedding used as an output layer (logits
+    `x E^T`, E of shape `(vocab, dim)`). Gradients: `d inputs = delta B` with
+    `B = rule.backward_kernel(kernel, *feedback)` shaped like the kernel;
+    `d kernel = delta^T x` summed over all leading axes.
+    """
+
+    def backward(x, b, dy):
+        dx = None
+        if backend.needs_gradient(x):
+            dx = ops.matmul(dy, b)
+        dw = ops.matmul(
+            ops.transpose(ops.reshape(dy, (-1, dy.shape[-1]))),
+            ops.reshape(x, (-1, x.shape[-1])),
+        )
+        return dx, dw
+
+    return _feedback_product(
+        inputs,
+        kernel,
+        rule,
+        feedback,
+        lambda x, w: ops.matmul(x, ops.transpose(w)),
+        backward,
+    )
+
+
 def _feedback_product(inputs, kernel, rule, feedback, forward, backward):
     """Returns `forward(inputs, kernel)`, whose gradient follows `rule`.
 

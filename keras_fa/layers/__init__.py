@@ -16,6 +16,7 @@ from keras_fa.layers.dense import FADense
 from keras_fa.layers.depthwise_conv import FADepthwiseConv1D
 from keras_fa.layers.depthwise_conv import FADepthwiseConv2D
 from keras_fa.layers.einsum_dense import FAEinsumDense
+from keras_fa.layers.reversible_embedding import FAReversibleEmbedding
 from keras_fa.layers.separable_conv import FASeparableConv1D
 from keras_fa.layers.separable_conv import FASeparableConv2D
 
@@ -36,6 +37,7 @@ REPLACEMENTS = {
     keras.layers.Conv3DTranspose: FAConv3DTranspose,
     keras.layers.MultiHeadAttention: FAMultiHeadAttention,
     keras.layers.GroupQueryAttention: FAGroupQueryAttention,
+    keras.layers.ReversibleEmbedding: FAReversibleEmbedding,
 }
 
 #: The keras_fa layers made of other feedback layers or kernels: their
@@ -45,6 +47,7 @@ COMPOSITE_LAYERS = (
     FAGroupQueryAttention,
     FASeparableConv1D,
     FASeparableConv2D,
+    FAReversibleEmbedding,
 )
 
 
@@ -78,6 +81,7 @@ __all__ = [
     "FAEinsumDense",
     "FAGroupQueryAttention",
     "FAMultiHeadAttention",
+    "FAReversibleEmbedding",
     "FASeparableConv1D",
     "FASeparableConv2D",
     "FeedbackKernel",
