@@ -36,7 +36,11 @@ class WeightMirror(FeedbackRule):
     mirror's forward pass `x~ W` (what the layer's synapses do to a signal),
     never on the data, the error, or `dL/dW`. For a convolution, W is read as
     the dense matrix of shape `(prod(kernel_size) * in / groups, filters)`
-    that maps one receptive field to one output position.
+    that maps one receptive field to one output position; any other kernel
+    (einsum, depthwise, transposed convolution, embedding) is read the same
+    way, as the matrix `(prod(shape[:-1]), shape[-1])`. The noise is white,
+    so the expectation above holds for any such reading of W; only the
+    per-step noise depends on it.
 
     The noise is drawn at every call with a seed generator the layer owns
     (`layer.feedback_seed_generator`, seeded by the layer's `seed`); its
