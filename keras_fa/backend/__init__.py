@@ -6,6 +6,8 @@ Everything else in keras_fa is written with `keras.ops`. Two things cannot be:
   gradient taken through a kernel of our choosing (the feedback kernel) and the
   kernel gradient taken from the layer input. Backprop computes exactly these
   two products, so a feedback convolution costs what a backprop one costs.
+- `depthwise_conv_backward` and `conv_transpose_backward`: the same for
+  `keras.ops.depthwise_conv` and `keras.ops.conv_transpose`.
 - `after`: orders a gradient after another (graph backends only).
 - `value_and_grad` and `compile_function`: differentiate and compile a
   function of tensors (alignment measures compare two gradients of a model).
@@ -29,6 +31,8 @@ if _BACKEND == "tensorflow":
     from keras_fa.backend.tensorflow import after
     from keras_fa.backend.tensorflow import compile_function
     from keras_fa.backend.tensorflow import conv_backward
+    from keras_fa.backend.tensorflow import conv_transpose_backward
+    from keras_fa.backend.tensorflow import depthwise_conv_backward
     from keras_fa.backend.tensorflow import needs_gradient
     from keras_fa.backend.tensorflow import preserve_random_state
     from keras_fa.backend.tensorflow import value_and_grad
@@ -37,6 +41,8 @@ elif _BACKEND == "jax":
     from keras_fa.backend.jax import after
     from keras_fa.backend.jax import compile_function
     from keras_fa.backend.jax import conv_backward
+    from keras_fa.backend.jax import conv_transpose_backward
+    from keras_fa.backend.jax import depthwise_conv_backward
     from keras_fa.backend.jax import needs_gradient
     from keras_fa.backend.jax import preserve_random_state
     from keras_fa.backend.jax import value_and_grad
@@ -45,6 +51,8 @@ elif _BACKEND == "torch":
     from keras_fa.backend.torch import after
     from keras_fa.backend.torch import compile_function
     from keras_fa.backend.torch import conv_backward
+    from keras_fa.backend.torch import conv_transpose_backward
+    from keras_fa.backend.torch import depthwise_conv_backward
     from keras_fa.backend.torch import needs_gradient
     from keras_fa.backend.torch import preserve_random_state
     from keras_fa.backend.torch import value_and_grad
@@ -60,6 +68,8 @@ __all__ = [
     "after",
     "compile_function",
     "conv_backward",
+    "conv_transpose_backward",
+    "depthwise_conv_backward",
     "needs_gradient",
     "preserve_random_state",
     "value_and_grad",

@@ -1,6 +1,7 @@
-"""Convolution backward pass on the jax backend."""
+"""Convolution backward passes on the jax backend."""
 
 import contextlib
+import functools
 
 import jax
 from keras import ops
@@ -9,6 +10,13 @@ from keras import ops
 def needs_gradient(x):
     """Returns True: under `jax.jit`, XLA removes products nobody uses."""
     return True
+
+
+def _vjp(op, inputs, kernel, upstream):
+    # Under `jax.jit` the forward that `jax.vjp` traces is dead code and XLA
+    # removes it, leaving the two products of the backward pass.
+    _, vjp = jax.vjp(op, inputs, kernel)
+    return vjp(upstream)
 
 
 def conv_backward(
@@ -20,19 +28,52 @@ def conv_backward(
     kernel gradient uses `inputs`. Under `jax.jit` the forward convolution that
     `jax.vjp` traces is dead code and XLA removes it.
     """
+    op = functools.partial(
+        ops.conv,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
+    )
+    return _vjp(op, inputs, kernel, upstream)
 
-    def conv(x, k):
-        return ops.conv(
-            x,
-            k,
-            strides=strides,
-            padding=padding,
-            dilation_rate=dilation_rate,
-            data_format=data_format,
-        )
 
-    _, vjp = jax.vjp(conv, inputs, kernel)
-    return vjp(upstream)
+def depthwise_conv_backward(
+    inputs, kernel, upstream, strides, padding, dilation_rate, data_format
+):
+    """Returns `(d_inputs, d_kernel)` of `ops.depthwise_conv(inputs, kernel)`,
+    as `conv_backward` does for `ops.conv`."""
+    op = functools.partial(
+        ops.depthwise_conv,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
+    )
+    return _vjp(op, inputs, kernel, upstream)
+
+
+def conv_transpose_backward(
+    inputs,
+    kernel,
+    upstream,
+    strides,
+    padding,
+    output_padding,
+    dilation_rate,
+    data_format,
+):
+    """Returns `(d_inputs, d_kernel)` of `ops.conv_transpose(inputs, kernel)`,
+    as `conv_backward` does for `ops.conv`."""
+    op = functools.partial(
+        ops.conv_transpose,
+        strides=strides,
+        padding=padding,
+        output_padding=output_padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
+    )
+    return _vjp(op, inputs, kernel, upstream)
 
 
 def after(x, dependencies):

@@ -1,6 +1,7 @@
-"""Convolution backward pass on the tensorflow backend."""
+"""Convolution backward passes on the tensorflow backend."""
 
 import contextlib
+import functools
 import logging
 
 import tensorflow as tf
@@ -12,6 +13,18 @@ def needs_gradient(x):
     return True
 
 
+def _vjp(op, inputs, kernel, upstream):
+    # Inside a `tf.function` (as in `model.fit`) the forward recorded on the
+    # tape feeds nothing and is pruned, leaving the two backward products.
+    with tf.GradientTape() as tape:
+        tape.watch([inputs, kernel])
+        outputs = op(inputs, kernel)
+    d_inputs, d_kernel = tape.gradient(
+        outputs, [inputs, kernel], output_gradients=upstream
+    )
+    return d_inputs, d_kernel
+
+
 def conv_backward(
     inputs, kernel, upstream, strides, padding, dilation_rate, data_format
 ):
@@ -21,20 +34,52 @@ def conv_backward(
     kernel gradient uses `inputs`. Inside a `tf.function` (as in `model.fit`)
     the forward convolution recorded on the tape feeds nothing and is pruned.
     """
-    with tf.GradientTape() as tape:
-        tape.watch([inputs, kernel])
-        outputs = ops.conv(
-            inputs,
-            kernel,
-            strides=strides,
-            padding=padding,
-            dilation_rate=dilation_rate,
-            data_format=data_format,
-        )
-    d_inputs, d_kernel = tape.gradient(
-        outputs, [inputs, kernel], output_gradients=upstream
+    op = functools.partial(
+        ops.conv,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
     )
-    return d_inputs, d_kernel
+    return _vjp(op, inputs, kernel, upstream)
+
+
+def depthwise_conv_backward(
+    inputs, kernel, upstream, strides, padding, dilation_rate, data_format
+):
+    """Returns `(d_inputs, d_kernel)` of `ops.depthwise_conv(inputs, kernel)`,
+    as `conv_backward` does for `ops.conv`."""
+    op = functools.partial(
+        ops.depthwise_conv,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
+    )
+    return _vjp(op, inputs, kernel, upstream)
+
+
+def conv_transpose_backward(
+    inputs,
+    kernel,
+    upstream,
+    strides,
+    padding,
+    output_padding,
+    dilation_rate,
+    data_format,
+):
+    """Returns `(d_inputs, d_kernel)` of `ops.conv_transpose(inputs, kernel)`,
+    as `conv_backward` does for `ops.conv`."""
+    op = functools.partial(
+        ops.conv_transpose,
+        strides=strides,
+        padding=padding,
+        output_padding=output_padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
+    )
+    return _vjp(op, inputs, kernel, upstream)
 
 
 def after(x, dependencies):
