@@ -103,10 +103,13 @@ class _FASeparableConv:
             dilation_rate=self.dilation_rate,
             data_format=self.data_format,
         )
+        # As keras.ops.separable_conv calls its pointwise convolution (the
+        # dilation of a 1x1 kernel changes nothing but the kernel torch
+        # picks, and so the last bit).
         pointwise_kwargs = dict(
             strides=1,
             padding="valid",
-            dilation_rate=1,
+            dilation_rate=self.dilation_rate,
             data_format=self.data_format,
         )
         hidden = self.depthwise_feedback.apply(
