@@ -32,6 +32,7 @@ from keras_fa.layers import FAReversibleEmbedding
 from keras_fa.layers import FASeparableConv1D
 from keras_fa.layers import FASeparableConv2D
 from keras_fa.plotting import plot_alignment
+from keras_fa.summary import feedback_summary
 from keras_fa.training import AlignmentHistory
 from keras_fa.training import train
 
@@ -83,6 +84,7 @@ __all__ = [
     "convert",
     "datasets",
     "feedback",
+    "feedback_summary",
     "models",
     "plot_alignment",
     "tracing",

@@ -1,90 +1,292 @@
 """Turn an existing Keras model into a keras_fa model."""
 
+import warnings
+
 import keras
 
 from keras_fa import feedback as feedback_lib
-from keras_fa.layers import FAConv1D
-from keras_fa.layers import FAConv2D
+from keras_fa.direct import DIRECT_RULES
+from keras_fa.layers import REPLACEMENTS
 from keras_fa.layers import FADense
-from keras_fa.layers.base import FeedbackMixin
+from keras_fa.layers import feedback_variables
+from keras_fa.layers import is_feedback_layer
 from keras_fa.layers.base import get_feedback_initializer
-
-_REPLACEMENTS = {
-    keras.layers.Dense: FADense,
-    keras.layers.Conv1D: FAConv1D,
-    keras.layers.Conv2D: FAConv2D,
-}
+from keras_fa.layers.base import layer_seed
+from keras_fa.layers.base import standardize_seed
+from keras_fa.summary import check_model
+from keras_fa.summary import is_graph_model
+from keras_fa.summary import kernels
 
 
 def convert(
-    model, feedback="fa", feedback_initializer="glorot_uniform", seed=None
+    model,
+    feedback="fa",
+    feedback_initializer="glorot_uniform",
+    seed=None,
+    strict=False,
 ):
-    """Returns a copy of `model` whose Dense and conv layers use `feedback`.
+    """Returns a copy of `model` whose layers with a kernel use `feedback`.
 
-    Every `keras.layers.Dense`, `Conv1D` and `Conv2D` (and every keras_fa
-    layer) is replaced by the keras_fa layer with the same configuration and
-    weights and the given feedback rule; all other layers are copied with
-    their weights. The original model is not changed. Like
-    `keras.models.clone_model`, the copy is not compiled.
+    Every layer of a type in `keras_fa.layers.REPLACEMENTS` (Dense,
+    EinsumDense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D,
+    Conv1D/2D/3DTranspose, MultiHeadAttention, GroupQueryAttention,
+    ReversibleEmbedding), also inside `TimeDistributed`, is replaced by its
+    keras_fa version with the same configuration and weights and the given
+    rule; keras_fa layers get the new rule (and new feedback weights).
+    Nested Sequential and functional models are converted too. Every other
+    layer and operation (`x + y`, `keras.ops.concatenate` on symbolic
+    tensors) is copied with its weights. The original model is not changed
+    and shares no variable with the copy. Like `keras.models.clone_model`,
+    the copy is compiled only if the original was, from its compile config.
+
+    No layer is left on backprop silently. A layer with a trainable kernel
+    (a trainable weight of rank >= 2, see `keras_fa.feedback_summary`) that
+    has no keras_fa version keeps learning by backprop: recurrent layers
+    (`LSTM`, `GRU`, `SimpleRNN`, `ConvLSTM*`, also in `Bidirectional`),
+    subclasses of Keras layers (which may compute something else), custom
+    layers, and subclassed models inside the model (copied from their
+    config; the layers inside them are not replaced). `convert` names them
+    all, with why, in one warning, or raises with `strict=True`. An
+    `Embedding` is not named: its table receives no input gradient, so it
+    trains the same under every rule.
 
     Args:
-        model: a Sequential or functional Keras model (nested models too).
-        feedback: the feedback rule for the replaced layers: a name, a config
-            dict or a `keras_fa.feedback.FeedbackRule`.
+        model: a built `keras.Sequential` or functional `keras.Model` (start
+            it with `keras.Input`, or call it on data).
+        feedback: the rule of the replaced layers: a name (`"fa"`, `"bp"`,
+            `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`), a config dict or a
+            `keras_fa.feedback.FeedbackRule`.
         feedback_initializer: initializer of the new feedback weights.
-        seed: integer seed; layer i (in the order of the model) gets
-            `seed + i`. None draws from Keras's global random state.
+        seed: integer seed (negative ones too, taken modulo 2**31); layer
+            i, counting every layer of the model in order, gets `seed + i`.
+            None draws from Keras's global random state.
+        strict: if True, raise a ValueError instead of warning when a layer
+            with a trainable kernel stays on backprop.
+
+    Returns:
+        The converted model: Sequential where `model` is, functional
+        otherwise.
 
     Example:
 
-    >>> fa_model = keras_fa.convert(model, feedback="usf")
+    >>> fa_model = keras_fa.convert(model, feedback="usf", seed=0)
+    >>> keras_fa.feedback_summary(fa_model)
     """
-    rule = feedback_lib.get(feedback)
-    initializer = get_feedback_initializer(feedback_initializer)
-    if not isinstance(model, keras.Model) or not (
-        isinstance(model, keras.Sequential) or _is_functional(model)
-    ):
+    check_model(
+        model,
+        "keras_fa.convert",
+        "a Sequential or functional keras.Model (not a layer)",
+    )
+    if not is_graph_model(model):
         raise ValueError(
             "keras_fa.convert works on Sequential and functional Keras "
-            f"models. Received: {type(model).__name__}. For a subclassed "
-            "model, use keras_fa.FADense / FAConv1D / FAConv2D in its code."
+            f"models. Received: {type(model).__name__}, a subclassed model. "
+            "Use keras_fa layers (keras_fa.FADense, FAConv2D, ...) in its "
+            "code instead."
         )
-    pairs = []
+    rule = _get_rule(feedback)
+    initializer = get_feedback_initializer(feedback_initializer)
+    seed = standardize_seed(seed)
+    if not isinstance(strict, bool):
+        raise ValueError(
+            f"`strict` must be True or False. Received: strict={strict!r}"
+        )
+    # Rules check their arguments when a layer is made (brsf needs a random
+    # initializer): once here, before any work. The name keeps Keras's
+    # automatic layer names unchanged.
+    FADense(
+        1,
+        feedback=rule,
+        feedback_initializer=initializer,
+        name="keras_fa_convert_check",
+    )
+    left_on_backprop = _left_on_backprop(model)
+    if left_on_backprop and strict:
+        raise ValueError(left_on_backprop + "(Raised because strict=True.)")
 
-    def clone(layer):
-        cls = _REPLACEMENTS.get(type(layer))
-        if isinstance(layer, FeedbackMixin):
-            cls = type(layer)
-        config = layer.get_config()
-        if cls is None:
-            new = type(layer).from_config(config)
-        else:
-            config.update(
-                feedback=feedback_lib.serialize(rule),
-                feedback_initializer=keras.initializers.serialize(initializer),
-                seed=None if seed is None else seed + len(pairs),
-            )
-            new = cls.from_config(config)
-        pairs.append((layer, new, cls is not None))
+    copies = []
+
+    def clone(operation):
+        if not isinstance(operation, keras.layers.Layer):
+            return _clone_operation(operation)
+        config = dict(
+            feedback=feedback_lib.serialize(rule),
+            feedback_initializer=keras.initializers.serialize(initializer),
+            seed=layer_seed(seed, len(copies)),
+        )
+        new, replaced = _clone_layer(operation, config)
+        copies.append((operation, new, replaced))
         return new
 
     new_model = keras.models.clone_model(
         model, clone_function=clone, recursive=True
     )
-    # Copy through numpy: on jax, assigning one variable's value to another
-    # shares the buffer, and training the copy (which donates its buffers)
-    # would delete the original model's weights.
-    for old, new, replaced in pairs:
-        if replaced:
-            new._kernel.assign(keras.ops.convert_to_numpy(old.kernel))
-            if old.bias is not None:
-                new.bias.assign(keras.ops.convert_to_numpy(old.bias))
-        else:
-            new.set_weights(old.get_weights())
+    for old, new, replaced in copies:
+        _copy_weights(old, new, replaced)
+    if left_on_backprop:
+        warnings.warn(
+            left_on_backprop + "Pass strict=True to make this an error; "
+            "keras_fa.feedback_summary(model) lists the rule of every kernel.",
+            stacklevel=2,
+        )
     return new_model
 
 
-def _is_functional(model):
-    return type(model).__name__ == "Functional" or (
-        hasattr(model, "_operations") and hasattr(model, "_nodes_by_depth")
+def _get_rule(feedback):
+    if isinstance(feedback, str) and feedback.lower() in DIRECT_RULES:
+        raise ValueError(
+            f"feedback={feedback!r} is a direct rule: it sends the output "
+            "error to every hidden layer, which a layer-by-layer conversion "
+            "cannot do. Use keras_fa.direct_feedback(model, "
+            f"{feedback!r}) instead."
+        )
+    return feedback_lib.get(feedback)
+
+
+def _target_class(layer):
+    # Exact types: a subclass of a Keras layer may compute something else.
+    if is_feedback_layer(layer):
+        return type(layer)
+    return REPLACEMENTS.get(type(layer))
+
+
+def _replacement(layer):
+    """The keras_fa class that takes the place of `layer` (of the layer it
+    wraps, for `TimeDistributed`), or None."""
+    if type(layer) is keras.layers.TimeDistributed:
+        return _target_class(layer.layer)
+    return _target_class(layer)
+
+
+def _clone_layer(layer, feedback_config):
+    """Returns the copy of `layer` and whether it was replaced."""
+    target = _replacement(layer)
+    if target is not None and type(layer) is keras.layers.TimeDistributed:
+        config = layer.get_config()
+        config.pop("layer")
+        inner = target.from_config(
+            {**layer.layer.get_config(), **feedback_config}
+        )
+        return keras.layers.TimeDistributed(inner, **config), True
+    if target is not None:
+        config = {**layer.get_config(), **feedback_config}
+        return target.from_config(config), True
+    if type(layer) is keras.layers.Lambda:
+        # Its config holds the function as bytecode, which Keras refuses to
+        # load in safe mode; the copy takes the function itself.
+        return keras.layers.Lambda(
+            layer.function,
+            output_shape=layer._output_shape,
+            mask=layer.mask,
+            arguments=layer.arguments,
+            name=layer.name,
+            dtype=layer.dtype_policy,
+        ), False
+    try:
+        config = layer.get_config()
+    except NotImplementedError as error:
+        kind = "model" if isinstance(layer, keras.Model) else "layer"
+        raise ValueError(
+            f"keras_fa.convert cannot copy the {kind} '{layer.name}' "
+            f"({type(layer).__name__}): it has no config. Give its class a "
+            "`get_config` (and `from_config` if needed), or use keras_fa "
+            "layers in its code and build the model with them."
+        ) from error
+    return type(layer).from_config(config), False
+
+
+def _clone_operation(operation):
+    # `x + y` or `keras.ops.concatenate` on symbolic tensors: an operation
+    # without state. One whose arguments have no config is reused as it is.
+    try:
+        return type(operation).from_config(operation.get_config())
+    except (NotImplementedError, TypeError, ValueError):
+        return operation
+
+
+def _forward_weights(layer):
+    """The weights of `layer` that its Keras version has, in its order."""
+    feedback = {id(v) for v in feedback_variables(layer)}
+    return [v for v in layer.weights if id(v) not in feedback]
+
+
+def _copy_weights(old, new, replaced):
+    # A replaced layer takes the forward weights; a copied layer all of them.
+    sources = _forward_weights(old) if replaced else old.weights
+    targets = _forward_weights(new) if replaced else new.weights
+    where = f"layer '{old.name}' ({type(old).__name__} -> {type(new).__name__})"
+    if len(sources) != len(targets):
+        raise ValueError(
+            f"keras_fa.convert: {where} has {len(sources)} weights but its "
+            f"copy has {len(targets)}: {[v.path for v in sources]} vs "
+            f"{[v.path for v in targets]}."
+        )
+    for source, target in zip(sources, targets):
+        if tuple(source.shape) != tuple(target.shape):
+            raise ValueError(
+                f"keras_fa.convert: in {where}, weight '{source.path}' has "
+                f"shape {tuple(source.shape)} but its copy '{target.path}' "
+                f"has shape {tuple(target.shape)}."
+            )
+    # Copy through numpy: on jax, assigning one variable's value to another
+    # shares the buffer, and training the copy (which donates its buffers)
+    # would delete the original model's weights.
+    for source, target in zip(sources, targets):
+        target.assign(keras.ops.convert_to_numpy(source))
+
+
+def _left_on_backprop(model):
+    """Returns the message that names every layer of `model` whose
+    trainable kernels convert leaves on backprop, or "" if there is none."""
+    layers = {}
+    for kernel in kernels(model):
+        if kernel.unit is not None or kernel.rule != "bp" or kernel.note:
+            continue
+        if _replacement(kernel.top) is not None:
+            continue
+        key = id(kernel.top)
+        if key not in layers:
+            layers[key] = (kernel.top, kernel.top_path, [])
+        layers[key][2].append(kernel.path)
+    if not layers:
+        return ""
+    lines = [
+        f"  {path} ({type(layer).__name__}): {_why(layer)} Kernels: "
+        f"{', '.join(paths)}."
+        for layer, path, paths in layers.values()
+    ]
+    return (
+        f"keras_fa.convert leaves {len(lines)} layer(s) with trainable "
+        "kernels on backprop: they learn from the exact gradient and send "
+        "it on to the layers below.\n" + "\n".join(lines) + "\n"
+    )
+
+
+def _why(layer):
+    """Why `convert` leaves `layer` on backprop, in one sentence."""
+    name = type(layer).__name__
+    if isinstance(layer, keras.Model):
+        return (
+            "a subclassed model: convert copies it with its weights but "
+            "cannot replace the layers inside it; use keras_fa layers in its "
+            "code."
+        )
+    if isinstance(layer, keras.layers.Bidirectional):
+        inner = layer.forward_layer
+        return f"it wraps {type(inner).__name__}, " + _why(inner)
+    if isinstance(layer, keras.layers.Wrapper):
+        inner = layer.layer
+        return f"it wraps {type(inner).__name__}, " + _why(inner)
+    if isinstance(layer, keras.layers.RNN):
+        return "a recurrent layer; keras_fa has no recurrent layers yet."
+    for keras_class, fa_class in REPLACEMENTS.items():
+        if isinstance(layer, keras_class):
+            return (
+                f"a subclass of {keras_class.__name__}, which may compute "
+                "something else, so convert does not replace it; derive it "
+                f"from keras_fa.{fa_class.__name__} instead."
+            )
+    return (
+        f"keras_fa has no version of {name}, and convert does not replace "
+        "layers inside it; use keras_fa layers in its code."
     )

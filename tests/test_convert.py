@@ -1,18 +1,16 @@
 """keras_fa.convert: Keras models turned into feedback-alignment models."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
 import keras_fa
+from keras_fa.layers import REPLACEMENTS
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp")
-REPLACEMENTS = {
-    keras.layers.Dense: keras_fa.FADense,
-    keras.layers.Conv1D: keras_fa.FAConv1D,
-    keras.layers.Conv2D: keras_fa.FAConv2D,
-}
 
 
 def numpy(x):
@@ -220,39 +218,79 @@ def test_convert_keras_fa_model_to_another_rule():
     assert all(layer.feedback_kernel.trainable for layer in back.layers)
 
 
-def test_convert_rejects_subclassed_model():
-    class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(2)
+class Subclassed(keras.Model):
+    def __init__(self, units=2, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(units)
 
-        def call(self, x):
-            return self.dense(x)
+    def call(self, x):
+        return self.dense(x)
 
+
+def built_subclassed():
     model = Subclassed()
     model(np.zeros((1, 3), "float32"))
-    with pytest.raises(ValueError, match="Sequential and functional"):
-        keras_fa.convert(model)
-    with pytest.raises(ValueError, match="Sequential and functional"):
-        keras_fa.convert(keras.layers.Dense(2))
+    return model
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "model, kwargs, error, match",
     [
-        (dict(feedback="backprop"), "Allowed names: bp, brsf, fa"),
-        (dict(feedback_initializer="no_such_init"), "feedback_initializer"),
+        (sequential_model, dict(feedback="backprop"), ValueError, "bp, brsf"),
+        (sequential_model, dict(feedback="nope"), ValueError, "rule 'nope'"),
+        (
+            sequential_model,
+            dict(feedback="dfa"),
+            ValueError,
+            r"direct rule.*keras_fa.direct_feedback",
+        ),
+        (
+            sequential_model,
+            dict(feedback_initializer="nope"),
+            ValueError,
+            "Invalid `feedback_initializer`",
+        ),
+        (
+            sequential_model,
+            dict(feedback="brsf", feedback_initializer="ones"),
+            ValueError,
+            "must be a random Keras initializer",
+        ),
+        (sequential_model, dict(seed="a"), ValueError, "`seed` must be an"),
+        (sequential_model, dict(seed=1.5), ValueError, "`seed` must be an"),
+        (sequential_model, dict(seed=True), ValueError, "`seed` must be an"),
+        (sequential_model, dict(strict="yes"), ValueError, "`strict` must"),
+        (
+            lambda: keras.layers.Dense(2),
+            {},
+            TypeError,
+            "takes a Sequential or functional keras.Model",
+        ),
+        (
+            lambda: keras.Sequential([keras.layers.Dense(2)]),
+            {},
+            ValueError,
+            r"build it first \(call it on data or start with keras.Input\)",
+        ),
+        (built_subclassed, {}, ValueError, "Sequential and functional"),
     ],
 )
 def test_convert_rejects_bad_arguments_before_any_work(
-    kwargs, match, monkeypatch
+    model, kwargs, error, match, monkeypatch
 ):
     def clone_model(*args, **kwargs):
         raise AssertionError("convert cloned the model before checking")
 
+    model = model()
     monkeypatch.setattr(keras.models, "clone_model", clone_model)
-    with pytest.raises(ValueError, match=match):
-        keras_fa.convert(sequential_model(), **kwargs)
+    with pytest.raises(error, match=match):
+        keras_fa.convert(model, **kwargs)
+
+
+def test_convert_negative_seed_is_taken_modulo():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    converted = keras_fa.convert(model, seed=-1)
+    assert converted.layers[0].seed == 2**31 - 1
 
 
 def kernel_updates_of_one_step(model, x, y):
@@ -302,3 +340,368 @@ def test_converted_model_learns_with_its_rule():
     # Training the copies left the original intact (on jax, a copy that
     # shared the original's buffers would have deleted them).
     assert all(np.array_equal(a, b) for a, b in zip(before, weights(model)))
+
+
+# ---------------------------------------------------------------------------
+# Architectures: every kernel converted, the same function, trainable, and
+# the original untouched by the copy's training.
+
+
+def attention_model():
+    tokens = keras.Input((5, 6))
+    x = keras.layers.MultiHeadAttention(2, 3, name="mha")(tokens, tokens)
+    x = keras.layers.EinsumDense(
+        "abc,cd->abd", (5, 16), bias_axes="d", activation="tanh"
+    )(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(tokens, keras.layers.Dense(3, name="head")(x))
+
+
+def resnet_block():
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    y = keras.layers.BatchNormalization()(x)
+    y = keras.layers.Activation("relu")(y)
+    y = keras.layers.Conv2D(4, 3, padding="same")(y)
+    x = keras.ops.relu(x + y)
+    x = keras.ops.concatenate([x, inputs], axis=-1)
+    x = keras.layers.Lambda(lambda t: 0.5 * t)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
+def mobilenet_model():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, strides=2, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.DepthwiseConv2D(3, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(8, 1),
+            keras.layers.SeparableConv2D(6, 3, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+def unet_model():
+    inputs = keras.Input((8, 8, 2))
+    down = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(down)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(x)
+    up = keras.layers.Conv2DTranspose(4, 2, strides=2)(x)
+    x = keras.layers.Concatenate()([up, down])
+    x = keras.layers.Conv2D(1, 1)(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
+def nested_model():
+    inputs = keras.Input((5,))
+    inner_inputs = keras.Input((4,))
+    inner = keras.Model(
+        inner_inputs, keras.layers.Dense(4)(inner_inputs), name="inner"
+    )
+    block = keras.Sequential(
+        [keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(4)],
+        name="block",
+    )
+    x = inner(block(inputs))
+    x = keras.layers.TimeDistributed(keras.layers.Dense(2))(
+        keras.layers.Reshape((2, 2))(x)
+    )
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.ops.mean(x, 1)))
+
+
+ARCHITECTURES = {
+    "attention": (attention_model, 6),
+    "resnet_block": (resnet_block, 3),
+    "mobilenet": (mobilenet_model, 6),
+    "unet": (unet_model, 5),
+    "nested": (nested_model, 5),
+}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_convert_architecture(name):
+    build, n_kernels = ARCHITECTURES[name]
+    model = build()
+    perturb_batch_norm(model)
+    x = inputs_for(model)
+    y = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+    expected = numpy(model(x))
+    before = weights(model)
+
+    converted, messages = convert_warnings(model, feedback="fa", seed=0)
+    assert messages == []  # nothing is left on backprop
+
+    rows = keras_fa.feedback_summary(converted, print_fn=None)
+    assert len(rows) == n_kernels
+    assert [row.rule for row in rows] == ["fa"] * n_kernels
+    assert all(row.layer.startswith("FA") for row in rows)
+    # The same kernels, under the same names, as in the original.
+    original_rows = keras_fa.feedback_summary(model, print_fn=None)
+    assert [row.path for row in rows] == [row.path for row in original_rows]
+    assert {row.rule for row in original_rows} == {"bp"}
+    np.testing.assert_allclose(numpy(converted(x)), expected, atol=1e-5)
+
+    converted.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    history = converted.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses))
+    # It trained, and the original did not move (on jax, shared buffers
+    # would have been donated and deleted).
+    assert not np.allclose(numpy(converted(x)), expected, atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights(model)))
+
+
+def test_converted_attention_model_learns():
+    model = attention_model()
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(64, 5, 6)).astype("float32")
+    y = 3 * x.mean(axis=1)[:, :3] @ rng.normal(size=(3, 3)).astype("float32")
+    converted = keras_fa.convert(model, feedback="fa", seed=0)
+    # Plain SGD: with Adam's per-weight step sizes, the hidden layers' first
+    # (unaligned) FA updates can outrun the output layer's exact ones.
+    converted.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    initial = converted.evaluate(x, y, verbose=0)
+    converted.fit(x, y, batch_size=16, epochs=10, verbose=0)
+    assert converted.evaluate(x, y, verbose=0) < 0.9 * initial
+
+
+def test_convert_time_distributed_dense():
+    model = nested_model()
+    converted = keras_fa.convert(model, feedback="usf")
+    wrapper = converted.get_layer("time_distributed")
+    assert type(wrapper) is keras.layers.TimeDistributed
+    assert type(wrapper.layer) is keras_fa.FADense
+    assert wrapper.layer.feedback.name == "usf"
+    old = model.get_layer("time_distributed").layer
+    np.testing.assert_array_equal(
+        numpy(wrapper.layer.kernel), numpy(old.kernel)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Layers with kernels that convert cannot replace: one warning, or an error.
+
+
+class Scale(keras.layers.Layer):
+    """A custom layer with a (3, 3) kernel."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], 3), name="kernel")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.kernel)
+
+
+class MyDense(keras.layers.Dense):
+    pass
+
+
+def model_with_unconvertible_layers():
+    inputs = keras.Input((4, 3))
+    x = keras.layers.LSTM(3, return_sequences=True, name="lstm")(inputs)
+    block = keras.Sequential(
+        [keras.layers.SimpleRNN(2, return_sequences=True, name="rnn")],
+        name="block",
+    )
+    x = keras.layers.Bidirectional(keras.layers.GRU(2), name="bi")(block(x))
+    x = Scale(name="scale")(x)
+    x = MyDense(3, name="mine")(x)
+    return keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+
+
+def convert_warnings(model, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = keras_fa.convert(model, **kwargs)
+    messages = [
+        str(w.message)
+        for w in caught
+        if str(w.message).startswith("keras_fa.convert")
+    ]
+    return converted, messages
+
+
+def test_unconvertible_layers_are_named_in_one_warning():
+    model = model_with_unconvertible_layers()
+    x = inputs_for(model)
+    converted, messages = convert_warnings(model, feedback="fa")
+    assert len(messages) == 1
+    message = messages[0]
+    assert "leaves 5 layer(s)" in message
+    for words in (
+        "lstm (LSTM): a recurrent layer",
+        "block/rnn (SimpleRNN): a recurrent layer",
+        "block/rnn/simple_rnn_cell/kernel",
+        "lstm/lstm_cell/kernel, lstm/lstm_cell/recurrent_kernel",
+        "bi (Bidirectional): it wraps GRU, a recurrent layer",
+        "bi/forward_gru/gru_cell/kernel",
+        "scale (Scale): keras_fa has no version of Scale",
+        "mine (MyDense): a subclass of Dense",
+        "keras_fa.FADense",
+        "strict=True",
+    ):
+        assert words in message, words
+    assert "\n  out (" not in message  # the Dense head was converted
+    # They were copied, weights and all; the Dense was converted.
+    assert type(converted.get_layer("mine")) is MyDense
+    assert type(converted.get_layer("scale")) is Scale
+    assert type(converted.get_layer("out")) is keras_fa.FADense
+    np.testing.assert_allclose(numpy(converted(x)), numpy(model(x)), atol=1e-5)
+    rules = {
+        row.path: row.rule
+        for row in keras_fa.feedback_summary(converted, print_fn=None)
+    }
+    assert rules["scale/kernel"] == rules["mine/kernel"] == "bp"
+    assert rules["out/kernel"] == "fa"
+
+
+def test_strict_raises_the_same_list_before_any_work(monkeypatch):
+    model = model_with_unconvertible_layers()
+    _, (message,) = convert_warnings(model)
+
+    def clone_model(*args, **kwargs):
+        raise AssertionError("convert cloned the model before checking")
+
+    monkeypatch.setattr(keras.models, "clone_model", clone_model)
+    with pytest.raises(ValueError) as info:
+        keras_fa.convert(model, strict=True)
+    body = message.split("Pass strict=True")[0]
+    assert str(info.value).startswith(body)
+    assert "strict=True" in str(info.value)
+
+
+def test_layers_that_train_the_same_under_every_rule_are_not_named():
+    tokens = keras.Input((4,), dtype="int32")
+    x = keras.layers.Embedding(9, 3)(tokens)
+    x = keras.layers.LayerNormalization(axis=[-2, -1])(x)
+    x = keras.layers.PReLU()(x)  # a (4, 3) alpha
+    frozen = keras.layers.LSTM(2)
+    frozen.trainable = False
+    x = frozen(x)
+    model = keras.Model(tokens, keras.layers.Dense(2)(x))
+    converted, messages = convert_warnings(model, strict=True)
+    assert messages == []
+    notes = [row.note for row in keras_fa.feedback_summary(converted, None)]
+    assert notes[0].startswith("no input gradient")
+    assert notes[1:3] == ["frozen", "frozen"]
+
+
+def test_subclassed_model_inside_a_functional_model():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, Subclassed(name="sub")(inputs))
+    x = inputs_for(model)
+    converted, (message,) = convert_warnings(model)
+    assert "sub (Subclassed): a subclassed model" in message
+    copy = converted.get_layer("sub")
+    assert type(copy) is Subclassed and copy is not model.get_layer("sub")
+    np.testing.assert_array_equal(numpy(converted(x)), numpy(model(x)))
+    assert not any(
+        row.rule != "bp"
+        for row in keras_fa.feedback_summary(converted, print_fn=None)
+    )
+
+    class NoConfig(keras.Model):
+        def __init__(self, layer):
+            super().__init__(name="no_config")
+            self.layer = layer
+
+        def call(self, x):
+            return self.layer(x)
+
+    model = keras.Model(inputs, NoConfig(keras.layers.Dense(2))(inputs))
+    with pytest.raises(ValueError, match=r"'no_config' \(NoConfig\).*config"):
+        keras_fa.convert(model)
+
+
+def one_layer_models():
+    """A tiny model around each Keras layer of the table."""
+    layers = keras.layers
+
+    def model(shape, layer, **call_kwargs):
+        inputs = keras.Input(shape)
+        if call_kwargs.pop("attention", False):
+            outputs = layer(inputs, inputs)
+        else:
+            outputs = layer(inputs)
+        return keras.Model(inputs, outputs)
+
+    tokens = keras.Input((3,), dtype="int32")
+    embedding = layers.ReversibleEmbedding(7, 4)
+    reversible = keras.Model(tokens, embedding(embedding(tokens), reverse=True))
+    return [
+        model((3,), layers.Dense(2)),
+        model((3, 4), layers.EinsumDense("abc,cd->abd", (3, 2), bias_axes="d")),
+        model((6, 2), layers.Conv1D(2, 3)),
+        model((5, 5, 2), layers.Conv2D(2, 3)),
+        model((4, 4, 4, 1), layers.Conv3D(2, 2)),
+        model((6, 2), layers.DepthwiseConv1D(3, depth_multiplier=2)),
+        model((5, 5, 2), layers.DepthwiseConv2D(3)),
+        model((6, 2), layers.SeparableConv1D(3, 3)),
+        model((5, 5, 2), layers.SeparableConv2D(3, 3)),
+        model((4, 2), layers.Conv1DTranspose(2, 3, strides=2)),
+        model((3, 3, 2), layers.Conv2DTranspose(2, 3)),
+        model((2, 2, 2, 1), layers.Conv3DTranspose(2, 2)),
+        model((3, 4), layers.MultiHeadAttention(2, 2), attention=True),
+        model(
+            (3, 4),
+            layers.GroupQueryAttention(2, 4, 2, use_gate=True),
+            attention=True,
+        ),
+        reversible,
+    ]
+
+
+def test_every_layer_of_the_table_converts():
+    models = one_layer_models()
+    converted_types = set()
+    for model in models:
+        x = inputs_for(model)
+        if model.inputs[0].dtype.startswith("int"):
+            x = np.arange(12).reshape(4, 3) % 7
+        converted, messages = convert_warnings(model, feedback="usf")
+        assert messages == []
+        rows = keras_fa.feedback_summary(converted, print_fn=None)
+        assert rows and {row.rule for row in rows} == {"usf"}, rows
+        np.testing.assert_allclose(
+            numpy(converted(x)), numpy(model(x)), atol=1e-5
+        )
+        converted_types.update(type(layer) for layer in converted.layers)
+    assert set(REPLACEMENTS.values()) <= converted_types
+
+
+class Forgetful(keras.layers.Layer):
+    """Its config forgets `units`: a copy made from it has another kernel."""
+
+    def __init__(self, units=2, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        shape = (input_shape[-1], self.units)
+        self.kernel = self.add_weight(shape=shape, name="kernel")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.kernel)
+
+    def get_config(self):
+        return super().get_config()
+
+
+def test_weights_that_do_not_fit_their_copy_name_the_layer():
+    inputs = keras.Input((4,))
+    x = Forgetful(3, name="forgetful")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.raises(ValueError) as info:
+        convert_warnings(model)
+    message = str(info.value)
+    assert "layer 'forgetful' (Forgetful -> Forgetful)" in message
+    assert "shape (4, 3)" in message and "shape (4, 2)" in message
