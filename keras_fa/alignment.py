@@ -1,25 +1,51 @@
-"""Alignment measures: how far a rule's learning is from backprop's, per layer.
+"""Alignment measures: how far a rule's learning is from backprop's, per kernel.
 
-For each layer the measures are (angles in degrees; 90 means no alignment,
+For each kernel the measures are (angles in degrees; 90 means no alignment,
 below 90 means the rule still descends the loss):
 
 - `weight_angle`: angle between the forward kernel W and the feedback kernel
   B the rule uses in its place (flattened);
 - `norm_ratio`: |B| / |W| (Frobenius norms);
-- `signal_angle`: angle between the error signal delta the layer receives
-  under its rule and the one backprop gives, on the same batch (the gradient
-  at the output of the layer's kernel product; for a direct-feedback tap, at
-  the tapped activation);
+- `signal_angle`: angle between the error signal delta the kernel's product
+  receives under its rule and the one backprop gives, on the same batch (the
+  gradient at the output of the kernel's product, before bias; for a
+  direct-feedback tap, at the tapped activation);
 - `update_angle`: angle between the kernel gradient the rule gives (what the
   optimizer receives) and the true gradient dL/dW, on the same batch;
 - `conservation`: the quantity of Robertson & Koyejo's conservation law,
-  summed over the layer's neurons, `Q_i = |w_in|^2 + b_i^2 - 2 sum(phi(w_out))`
-  for hidden neuron i, whose incoming weights (and bias) are in this layer
-  and outgoing weights in the next; `phi` is the next layer's rule's
-  `conservation_potential` (`W * B` for fa, usf and frsf; `W * B - W^2 / 2`
-  for bp and kp, which gives `|w_in|^2 - |w_out|^2` under backprop);
+  summed over the hidden neurons whose incoming weights (and bias) are in
+  this kernel and outgoing weights in the next kernel,
+  `Q_i = |w_in|^2 + b_i^2 - 2 sum(phi(w_out))`; `phi` is the next kernel's
+  rule's `conservation_potential` (`W * B` for fa, usf and frsf;
+  `W * B - W^2 / 2` for bp and kp, which gives `|w_in|^2 - |w_out|^2` under
+  backprop);
 - `conservation_drift`: sum of `Q_i(t) - Q_i(0)` since the reference;
-- `conservation_drift_max`: the largest `|Q_i(t) - Q_i(0)|` of the layer.
+- `conservation_drift_max`: the largest `|Q_i(t) - Q_i(0)|` of the kernel.
+
+Measures are keyed `"<kernel>/<measure>"`. A layer of the model with one
+kernel is named by its layer name (`"dense/update_angle"`); a kernel inside
+another layer by the path of layer names down to it, models left out
+(`"fa_multi_head_attention/query/update_angle"`), and a layer with two
+kernels by the kernel's name (`"fa_separable_conv2d/depthwise_kernel/..."`,
+`".../pointwise_kernel/..."`).
+
+The conservation law is derived for a hidden neuron whose pre-activation is
+linear in its incoming weights and bias, and whose output reaches the next
+kernel's input axis only through positively homogeneous, channel-wise
+operations (ReLU, leaky ReLU, linear, pooling, dropout, flatten): under
+gradient flow, with a fixed feedback B, `d(|w_in|^2 + b^2)/dt =
+2 sum(B * dW_out/dt)`. It holds between the kernels of Dense, EinsumDense
+acting as a Dense on the last axis (`"...b,bc->...c"`), Conv, DepthwiseConv
+(neuron `c * depth_multiplier + m`), ConvTranspose (kernel `(..., filters,
+in)`: a neuron's incoming weights are `[..., j, :]`, its outgoing ones
+`[..., :, j]`) and FASeparableConv (also between its depthwise and pointwise
+kernels, which nothing separates), the next kernel's rule being bp, fa,
+usf, frsf or kp. `Alignment.conservation_status` says, for every kernel,
+`"holds"` or why not (`"not applicable: <reason>"`): attention projections,
+other einsum equations, kernels inside other layers or nested models,
+grouped convolutions as the next kernel, non-homogeneous activations or
+layers in between, subclassed models, the output layer. Such kernels get no
+conservation measures.
 
 The true gradient comes from the same model traced inside
 `keras_fa.tracing.exact_backprop()`, on every backend, with the same
@@ -40,6 +66,7 @@ from keras_fa import tracing
 from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
 from keras_fa.feedback.base import tied_feedback_potential
+from keras_fa.layers.base import FeedbackKernel
 from keras_fa.layers.base import FeedbackMixin
 
 MEASURES = (
@@ -52,6 +79,12 @@ MEASURES = (
     "conservation_drift_max",
 )
 ANGLE_MEASURES = ("weight_angle", "signal_angle", "update_angle")
+
+#: `Alignment.conservation_status` of a kernel whose law holds.
+HOLDS = "holds"
+_OUTPUTS = "its outputs are the model's outputs"
+#: The status of a kernel whose outputs are the model's: no hidden neurons.
+OUTPUT_KERNEL = f"not applicable: {_OUTPUTS}"
 
 
 def angle(a, b):
@@ -116,21 +149,80 @@ def _kernel_of(layer):
     return kernel if isinstance(kernel, keras.Variable) else None
 
 
+def _kernel_units(model, index):
+    """Returns `[(key, layer, parents)]` for the layers with a trainable
+    kernel, in the model's order (depth first, sub-layers in their order).
+
+    The key is the layer's name, after the names of the layers it is
+    inside (models left out); a `FeedbackKernel` is named by its kernel.
+    Where that is not unique (layers with the same name in two nested
+    models), the names of the models are kept too.
+    """
+    found, seen = [], set()
+
+    def walk(layer, short, full, parents):
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            segment = (
+                child.kernel_name
+                if isinstance(child, FeedbackKernel)
+                else child.name
+            )
+            kernel = _kernel_of(child)
+            if kernel is not None and id(kernel) in index:
+                path = (short + [segment], full + [segment])
+                found.append((*path, child, parents))
+            inner = (
+                short if isinstance(child, keras.Model) else short + [segment]
+            )
+            walk(child, inner, full + [segment], parents + [child])
+
+    walk(model, [], [], [])
+    count = collections.Counter("/".join(short) for short, *_ in found)
+    units = []
+    for short, full, layer, parents in found:
+        key = "/".join(short if count["/".join(short)] == 1 else full)
+        units.append((key, layer, parents))
+    keys = [key for key, _, _ in units]
+    if len(set(keys)) != len(keys):
+        twice = sorted(k for k, n in collections.Counter(keys).items() if n > 1)
+        raise ValueError(
+            f"Alignment names each kernel by its layer's path, but {twice} "
+            "name more than one kernel: give those layers distinct names."
+        )
+    return units
+
+
+# -- where the conservation law holds -----------------------------------------
+
+# Pooling acts on each channel separately when its data format puts the
+# channels where the kernel did.
+_GLOBAL_POOLING = (
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalMaxPooling3D,
+)
+_POOLING = _GLOBAL_POOLING + (
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+)
 # Layers through which a hidden neuron's conservation law still holds: they
 # act on each channel separately and are positively homogeneous.
-_PASS_THROUGH = (
+_PASS_THROUGH = _POOLING + (
     keras.layers.Flatten,
     keras.layers.Dropout,
     keras.layers.SpatialDropout1D,
     keras.layers.SpatialDropout2D,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
+    keras.layers.SpatialDropout3D,
     keras.layers.Identity,
     keras.layers.LeakyReLU,
 )
@@ -138,6 +230,20 @@ _HOMOGENEOUS = (
     keras.activations.relu,
     keras.activations.linear,
     keras.activations.leaky_relu,
+)
+_ATTENTION = (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_TRANSPOSE = (
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_DENSE = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
 )
 
 
@@ -153,23 +259,68 @@ def _passes_law(layer):
     return isinstance(layer, _PASS_THROUGH)
 
 
-def _graph(model):
-    functional = getattr(model, "_functional", None) or model
-    nodes_by_depth = getattr(functional, "_nodes_by_depth", None)
-    if not nodes_by_depth:
-        return None
-    nodes = [node for level in nodes_by_depth.values() for node in level]
-    return nodes, functional
+def _is_dense_einsum(layer):
+    # "...b,bc->...c", "abc,cd->abd": a Dense on the last axis.
+    operands, out_spec = layer.equation.replace(" ", "").split("->")
+    in_spec, kernel_spec = operands.split(",")
+    if len(kernel_spec) != 2:
+        return False
+    a, b = kernel_spec
+    return (
+        in_spec[-1:] == a
+        and out_spec[-1:] == b
+        and in_spec[:-1] == out_spec[:-1]
+        and b not in in_spec
+        and (layer.bias_axes or b) == b
+    )
+
+
+def _layout(layer):
+    """Where a kernel holds a neuron's incoming weights and an input
+    channel's outgoing weights: `"dense"` (`(..., in, out)`),
+    `"transpose"` (`(..., out, in)`), `"depthwise"` (`(..., in,
+    multiplier)`: neuron `c * multiplier + m`), or None if not known."""
+    if isinstance(layer, FeedbackKernel):
+        if not isinstance(layer._owner(), _SEPARABLE):
+            return None
+        return (
+            "depthwise" if layer.kernel_name == "depthwise_kernel" else "dense"
+        )
+    if isinstance(layer, _TRANSPOSE):
+        return "transpose"
+    if isinstance(layer, _DEPTHWISE):
+        return "depthwise"
+    if isinstance(layer, keras.layers.EinsumDense):
+        return "dense" if _is_dense_einsum(layer) else None
+    if isinstance(layer, _DENSE):
+        return "dense"
+    return None
+
+
+def _neurons(layer):
+    shape = tuple(layer.kernel.shape)
+    layout = _layout(layer)
+    if layout == "depthwise":
+        return shape[-2] * shape[-1]
+    return shape[-2] if layout == "transpose" else shape[-1]
+
+
+def _channels_first(layer):
+    return getattr(layer, "data_format", None) == "channels_first"
 
 
 class _Pair:
-    """A layer whose hidden neurons have a conservation law, with the next
-    layer holding their outgoing weights."""
+    """Hidden neurons with a conservation law: their incoming weights are in
+    `layer`'s kernel (with `bias`), their outgoing weights in `next_layer`'s.
+    `flattened` is None, or the order of the channels in a Flatten between
+    the two: `"channels_last"` or `"channels_first"`."""
 
-    def __init__(self, layer, next_layer, flattened):
+    def __init__(self, layer, next_layer, bias=None, flattened=None):
         self.layer = layer
         self.next_layer = next_layer
+        self.bias = bias
         self.flattened = flattened
+        self.size = _neurons(layer)
 
     def pair_layers(self):
         return [self.layer, self.next_layer]
@@ -182,46 +333,131 @@ class _Pair:
         return tied_feedback_potential(kernel, kernel)
 
 
-def _conservation_pairs(model, kernel_layers):
-    graph = _graph(model)
-    if graph is None:
-        return []
-    nodes, functional = graph
-    consumers = {}
-    producers = {}
+def _graph(model):
+    functional = getattr(model, "_functional", None) or model
+    nodes_by_depth = getattr(functional, "_nodes_by_depth", None)
+    if not nodes_by_depth:
+        return None
+    nodes = [node for level in nodes_by_depth.values() for node in level]
+    consumers, producers = {}, {}
     for node in nodes:
         for tensor in node.input_tensors:
-            consumers.setdefault(id(tensor), []).append(node)
+            users = consumers.setdefault(id(tensor), [])
+            if not any(user is node for user in users):
+                users.append(node)
         producers.setdefault(id(node.operation), []).append(node)
     outputs = {id(t) for t in keras.tree.flatten(functional.outputs)}
-    pairs = []
-    for layer in kernel_layers:
-        if len(producers.get(id(layer), ())) != 1:
-            continue
-        if not _is_homogeneous_activation(getattr(layer, "activation", None)):
-            continue
-        tensor = producers[id(layer)][0].outputs[0]
-        flattened = False
-        while True:
-            users = consumers.get(id(tensor), [])
-            if len(users) != 1 or id(tensor) in outputs:
-                break
-            operation = users[0].operation
-            if any(operation is other for other in kernel_layers):
-                kernel = _kernel_of(operation)
-                if getattr(operation, "groups", 1) == 1 and (
-                    len(kernel.shape) == 2 or not flattened
-                ):
-                    pair = _Pair(layer, operation, flattened)
-                    if _potential_known(pair):
-                        pairs.append(pair)
-                break
-            if not _passes_law(operation) or len(users[0].outputs) != 1:
-                break
-            if isinstance(operation, keras.layers.Flatten):
-                flattened = True
-            tensor = users[0].outputs[0]
-    return pairs
+    return consumers, producers, outputs
+
+
+def _kernel_ops(units):
+    """`{id(layer): (kernel unit of its outputs, kernel unit of its inputs,
+    bias of its outputs)}` for the layers that hold kernel units (a
+    separable convolution holds two)."""
+    ops_ = {}
+    by_id = {id(layer): layer for _, layer, _ in units}
+    for _, layer, _ in units:
+        if isinstance(layer, FeedbackKernel):
+            owner = layer._owner()
+            if not isinstance(owner, _SEPARABLE):
+                continue
+            depthwise = owner.depthwise_feedback
+            pointwise = owner.pointwise_feedback
+            if id(depthwise) in by_id and id(pointwise) in by_id:
+                ops_[id(owner)] = (pointwise, depthwise, owner.bias)
+        else:
+            ops_[id(layer)] = (layer, layer, getattr(layer, "bias", None))
+    return ops_
+
+
+def _follow(operation, graph, kernel_ops):
+    """Returns the `_Pair` of the hidden neurons of the kernel layer
+    `operation`, or why their law does not hold."""
+    consumers, producers, outputs = graph
+    layer, _, bias = kernel_ops[id(operation)]
+    if _layout(layer) is None:
+        return "its layout of incoming weights is not known " + (
+            f"(einsum {layer.equation!r} is not a Dense on the last axis)"
+            if isinstance(layer, keras.layers.EinsumDense)
+            else f"({type(layer).__name__})"
+        )
+    nodes = producers.get(id(operation), ())
+    if len(nodes) != 1:
+        return f"its layer is called {len(nodes)} times in the model"
+    tensor = nodes[0].outputs[0]
+    if id(tensor) in outputs:
+        return _OUTPUTS
+    activation = getattr(operation, "activation", None)
+    if not _is_homogeneous_activation(activation):
+        name = getattr(activation, "__name__", activation)
+        return f"its activation, {name}, is not positively homogeneous"
+    channels_first = _channels_first(operation) and len(tensor.shape) > 2
+    flattened = None
+    while True:
+        users = consumers.get(id(tensor), [])
+        if len(users) != 1:
+            return f"its outputs feed {len(users)} layers, not one"
+        node = users[0]
+        next_op = node.operation
+        if id(next_op) in kernel_ops:
+            return _pair(
+                layer, bias, next_op, kernel_ops, flattened, channels_first
+            )
+        if not _passes_law(next_op) or len(node.outputs) != 1:
+            return (
+                f"its outputs reach {next_op.name!r} "
+                f"({type(next_op).__name__}) before the next kernel; the law "
+                "passes only positively homogeneous, channel-wise layers "
+                "(ReLU, leaky ReLU, linear, pooling, dropout, flatten)"
+            )
+        if (
+            isinstance(next_op, _POOLING)
+            and flattened is None
+            and (_channels_first(next_op) != channels_first)
+        ):
+            return f"{next_op.name!r} pools over the channel axis"
+        if isinstance(next_op, _GLOBAL_POOLING) and not next_op.keepdims:
+            channels_first = False
+        if isinstance(next_op, keras.layers.Flatten) and flattened is None:
+            # Flatten(data_format="channels_first") moves channels last.
+            flattened = (
+                "channels_first"
+                if channels_first and not _channels_first(next_op)
+                else "channels_last"
+            )
+        tensor = node.outputs[0]
+        if id(tensor) in outputs:
+            return _OUTPUTS
+
+
+def _pair(layer, bias, next_op, kernel_ops, flattened, channels_first):
+    next_layer = kernel_ops[id(next_op)][1]
+    name = repr(next_op.name)
+    layout = _layout(next_layer)
+    if layout is None:
+        return f"the next kernel's ({name}) layout is not known"
+    if getattr(next_op, "groups", 1) != 1:
+        return f"the next kernel ({name}) is a grouped convolution"
+    size = _neurons(layer)
+    kernel_shape = tuple(next_layer.kernel.shape)
+    if flattened is not None:
+        if len(kernel_shape) != 2:
+            return f"the next kernel ({name}) convolves flattened channels"
+        if kernel_shape[0] % size:
+            return f"the next kernel ({name}) does not read the channels"
+    else:
+        if _channels_first(next_op) != channels_first:
+            return f"the next kernel ({name}) reads another axis as channels"
+        axis = -1 if layout == "transpose" else -2
+        if kernel_shape[axis] != size:
+            return f"the next kernel ({name}) does not read the channels"
+    pair = _Pair(layer, next_layer, bias, flattened)
+    if not _potential_known(pair):
+        return (
+            f"the next kernel's ({name}) rule, {next_layer.feedback.name!r}, "
+            "has no conservation law"
+        )
+    return pair
 
 
 def _potential_known(pair):
@@ -229,17 +465,73 @@ def _potential_known(pair):
     return pair.potential(kernel, kernel) is not None
 
 
-class Alignment:
-    """Measures the alignment of a keras_fa model's layers with backprop.
+def _conservation(model, units):
+    """Returns `({key: _Pair}, {key: status})` for the kernel units."""
+    graph = _graph(model)
+    kernel_ops = _kernel_ops(units)
+    top = {
+        id(layer): layer
+        for layer in model._flatten_layers(include_self=False, recursive=False)
+    }
+    # The model's layer whose outputs are each kernel unit's neurons.
+    outgoing = {id(out): top.get(op) for op, (out, _, _) in kernel_ops.items()}
+    pairs, status = {}, {}
+    for key, layer, parents in units:
+        owner = layer._owner() if isinstance(layer, FeedbackKernel) else None
+        if (
+            owner is not None
+            and layer is getattr(owner, "depthwise_feedback", None)
+            and id(owner) in kernel_ops
+        ):
+            # Nothing between a separable convolution's two products.
+            found = _Pair(layer, owner.pointwise_feedback)
+            if not _potential_known(found):
+                found = (
+                    f"the pointwise kernel's rule, {owner.feedback.name!r}, "
+                    "has no conservation law"
+                )
+        elif any(isinstance(p, _ATTENTION) for p in parents):
+            found = (
+                "an attention projection: its outputs meet the other "
+                "projections' in the scores' product, softmax and weighted "
+                "sum, not in positively homogeneous, channel-wise layers "
+                "into a next kernel"
+            )
+        elif outgoing.get(id(layer)) is not None:
+            if graph is None:
+                found = (
+                    "the model has no graph of layers to follow "
+                    "(subclassed model)"
+                )
+            else:
+                found = _follow(outgoing[id(layer)], graph, kernel_ops)
+        else:
+            parent = parents[-1] if parents else model
+            found = (
+                f"it is inside {parent.name!r} "
+                f"({type(parent).__name__}), whose layers are not followed"
+            )
+        if isinstance(found, _Pair):
+            pairs[key] = found
+            status[key] = HOLDS
+        else:
+            status[key] = f"not applicable: {found}"
+    return pairs, status
 
-    It finds, once, the model's layers with a kernel, their feedback rules,
-    the points where each layer's error signal can be read, and the pairs of
-    layers whose hidden neurons obey a conservation law (layers chained
-    through positively homogeneous activations, pooling, dropout or flatten,
-    in a Sequential or functional model). Measurements are compiled
-    functions of the model's current variables (jit on jax, a tf.function on
-    tensorflow, eager on torch); they never change the model, its random
-    state or its optimizer.
+
+class Alignment:
+    """Measures the alignment of a keras_fa model's kernels with backprop.
+
+    It finds, once, the model's kernels (those of its layers and of their
+    sub-layers: a separable convolution's two, an attention layer's
+    projections), their feedback rules, the points where each kernel's error
+    signal can be read, and the hidden neurons that obey a conservation law
+    (kernels chained through positively homogeneous activations, pooling,
+    dropout or flatten, in a Sequential or functional model; see
+    `conservation_status`). Measurements are compiled functions of the
+    model's current variables (jit on jax, a tf.function on tensorflow,
+    eager on torch); they never change the model, its random state or its
+    optimizer.
 
     Args:
         model: a Keras model with keras_fa layers or direct feedback, built.
@@ -256,6 +548,7 @@ class Alignment:
     >>> meter.reset_reference()          # Q(0) for the drift
     >>> model.fit(x, y, epochs=5)
     >>> meter.measure(x[:256], y[:256])  # {"dense/update_angle": 41.2, ...}
+    >>> meter.conservation_status        # {"dense": "holds", ...}
     """
 
     def __init__(self, model, share=None):
@@ -270,34 +563,35 @@ class Alignment:
                 "data, or start it with keras.Input."
             )
         self.model = model
-        layers = list(model._flatten_layers(include_self=False))
         index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-        self._kernel_index = {}
-        kernel_layers = []
-        for layer in layers:
-            kernel = _kernel_of(layer)
-            if kernel is not None and id(kernel) in index:
-                self._kernel_index[layer.name] = index[id(kernel)]
-                kernel_layers.append(layer)
+        units = _kernel_units(model, index)
+        self._keys = {id(layer): key for key, layer, _ in units}
+        self._layer_names = [key for key, _, _ in units]
+        self._kernel_index = {
+            key: index[id(layer.kernel)] for key, layer, _ in units
+        }
         self._feedback_layers = [
-            layer for layer in kernel_layers if isinstance(layer, FeedbackMixin)
+            layer for _, layer, _ in units if isinstance(layer, FeedbackMixin)
         ]
-        self._signal_keys, self._aliases = self._find_signals(
-            layers, kernel_layers
-        )
-        self._pairs = _conservation_pairs(model, kernel_layers)
-        self._layer_names = [layer.name for layer in kernel_layers]
-        # The weight measures read only these layers' variables.
-        weight_layers = self._feedback_layers + [
-            layer for pair in self._pairs for layer in pair.pair_layers()
-        ]
+        self._signal_keys, self._aliases = self._find_signals(model, units)
+        pairs, self._conservation_status = _conservation(model, units)
+        self._pairs = list(pairs.items())
+        # The weight measures read only these variables.
         self._weight_variables = []
         seen = set()
-        for layer in weight_layers:
-            for variable in layer.variables:
-                if id(variable) not in seen:
+
+        def add(variables):
+            for variable in variables:
+                if variable is not None and id(variable) not in seen:
                     seen.add(id(variable))
                     self._weight_variables.append(variable)
+
+        for layer in self._feedback_layers:
+            add([layer.kernel, *layer.variables])
+        for _, pair in self._pairs:
+            add([pair.bias])
+            for layer in pair.pair_layers():
+                add([layer.kernel, *layer.variables])
         self.reference = None
         self._shapes = {}
         self._functions = {}
@@ -306,11 +600,13 @@ class Alignment:
 
     # -- discovery --------------------------------------------------------
 
-    def _find_signals(self, layers, kernel_layers):
+    def _find_signals(self, model, units):
         keys = {}
         for layer in self._feedback_layers:
-            keys[layer.name] = tracing.probe_key(layer)
+            keys[self._keys[id(layer)]] = tracing.probe_key(layer)
         aliases = {}
+        layers = list(model._flatten_layers(include_self=False))
+        kernel_layers = [layer for _, layer, _ in units]
         blocks = [layer for layer in layers if isinstance(layer, BlockGradient)]
         for head in layers:
             if not isinstance(head, DirectFeedback) or not head._inbound_nodes:
@@ -318,24 +614,34 @@ class Alignment:
             taps = head._inbound_nodes[0].input_tensors[1:]
             for i, tap in enumerate(taps):
                 owner = _kernel_layer_above(tap, kernel_layers)
-                if owner is None or owner.name in keys:
+                if owner is None or self._keys[id(owner)] in keys:
                     continue
-                keys[owner.name] = tracing.probe_key(head, i)
+                key = self._keys[id(owner)]
+                keys[key] = tracing.probe_key(head, i)
                 for block in blocks:
                     nodes = block._inbound_nodes
                     if nodes and nodes[0].input_tensors[0] is tap:
-                        aliases[tracing.probe_key(block)] = keys[owner.name]
+                        aliases[tracing.probe_key(block)] = keys[key]
         return keys, aliases
 
     @property
     def layer_names(self):
-        """Names of the layers with a kernel, in the model's order."""
+        """Names of the kernels, in the model's order: the keys of the
+        measures (`"<name>/<measure>"`)."""
         return list(self._layer_names)
 
     @property
     def conservation_layers(self):
-        """Names of the layers whose neurons have a conservation law."""
-        return [pair.layer.name for pair in self._pairs]
+        """Names of the kernels whose neurons have a conservation law."""
+        return [key for key, _ in self._pairs]
+
+    @property
+    def conservation_status(self):
+        """`{kernel name: status}` for every kernel: `"holds"` where its
+        hidden neurons have a conservation law (and conservation measures),
+        `"not applicable: <reason>"` elsewhere (and no conservation
+        measures)."""
+        return dict(self._conservation_status)
 
     # -- state ------------------------------------------------------------
 
@@ -392,12 +698,10 @@ class Alignment:
                     bb = ops.sum(ops.square(b))
                     angle = _angle_from_sums(ww, bb, ops.sum(w * b))
                     ratio = ops.sqrt(bb / ww)
-                out[f"{layer.name}/weight_angle"] = angle
-                out[f"{layer.name}/norm_ratio"] = ratio
-            q = {
-                pair.layer.name: _neuron_q(pair, kernels)
-                for pair in self._pairs
-            }
+                key = self._keys[id(layer)]
+                out[f"{key}/weight_angle"] = angle
+                out[f"{key}/norm_ratio"] = ratio
+            q = {key: _neuron_q(pair, kernels) for key, pair in self._pairs}
         return out, q
 
     def _gradients(self, state, x, y, sample_weight, shapes, exact):
@@ -556,8 +860,9 @@ class Alignment:
         Returns:
             `(gradients, signals)`: a list of numpy arrays, one per
             `model.trainable_variables` (zeros where a variable gets no
-            gradient), and a dict from layer name to the error signal delta
-            that layer receives (see the module docstring).
+            gradient), and a dict from kernel name (see `layer_names`) to
+            the error signal delta that kernel's product receives (see the
+            module docstring).
         """
         self._check_compiled()
         x, y, sample_weight = self._prepare(x, y, sample_weight)
@@ -573,8 +878,8 @@ class Alignment:
         )
 
     def conservation(self):
-        """Returns `{layer name: Q_i per neuron}` (numpy) for the layers
-        whose neurons have a conservation law."""
+        """Returns `{kernel name: Q_i per neuron}` (numpy) for the kernels
+        whose neurons have a conservation law (see `conservation_status`)."""
         _, q = self._run_weights()
         return q
 
@@ -597,10 +902,9 @@ class Alignment:
         for key in self._scalar_keys(signals):
             out[key] = float(flat[i])
             i += 1
-        for pair in self._pairs:
-            size = pair.layer.kernel.shape[-1]
-            q[pair.layer.name] = flat[i : i + size]
-            i += size
+        for key, pair in self._pairs:
+            q[key] = flat[i : i + pair.size]
+            i += pair.size
         assert i == flat.size, "alignment measures: layout mismatch"
         return out, q
 
@@ -638,7 +942,8 @@ class Alignment:
         # The order in which `_weights` and `_measure_fn` fill their dict.
         keys = []
         for layer in self._feedback_layers:
-            keys += [f"{layer.name}/weight_angle", f"{layer.name}/norm_ratio"]
+            key = self._keys[id(layer)]
+            keys += [f"{key}/weight_angle", f"{key}/norm_ratio"]
         if signals is not None:
             for name in self._layer_names:
                 if name in signals:
@@ -713,10 +1018,16 @@ def _kernels(layer):
 def _neuron_q(pair, kernels):
     layer, next_layer = pair.layer, pair.next_layer
     w = ops.cast(_value(layer.kernel), "float32")
-    channels = w.shape[-1]
+    channels = pair.size
+    layout = _layout(layer)
+    if layout == "transpose":
+        # (..., out, in): neuron j's incoming weights are [..., j, :].
+        rank = len(w.shape)
+        w = ops.transpose(w, (*range(rank - 2), rank - 1, rank - 2))
+    # Depthwise (..., in, multiplier): neuron c * multiplier + m.
     q = ops.sum(ops.square(ops.reshape(w, (-1, channels))), axis=0)
-    if getattr(layer, "bias", None) is not None:
-        q = q + ops.square(ops.cast(_value(layer.bias), "float32"))
+    if pair.bias is not None:
+        q = q + ops.square(ops.cast(_value(pair.bias), "float32"))
     if id(next_layer) in kernels:
         w_next, b_next = kernels[id(next_layer)]
     elif isinstance(next_layer, FeedbackMixin):
@@ -725,15 +1036,17 @@ def _neuron_q(pair, kernels):
         w_next = ops.cast(_value(next_layer.kernel), "float32")
         b_next = w_next
     phi = pair.potential(w_next, b_next)
-    if pair.flattened:
+    if pair.flattened == "channels_first":
         n_out = phi.shape[-1]
-        if getattr(layer, "data_format", "channels_last") == "channels_first":
-            phi = ops.sum(ops.reshape(phi, (channels, -1, n_out)), axis=(1, 2))
-        else:
-            phi = ops.sum(ops.reshape(phi, (-1, channels, n_out)), axis=(0, 2))
+        phi = ops.sum(ops.reshape(phi, (channels, -1, n_out)), axis=(1, 2))
+    elif pair.flattened == "channels_last":
+        n_out = phi.shape[-1]
+        phi = ops.sum(ops.reshape(phi, (-1, channels, n_out)), axis=(0, 2))
     else:
-        # (..., in, out): sum over everything but the input channels.
-        phi = ops.moveaxis(phi, -2, 0)
+        # Sum over everything but the input channels: axis -2 of
+        # (..., in, out) and of depthwise kernels, -1 of transposed ones.
+        axis = -1 if _layout(next_layer) == "transpose" else -2
+        phi = ops.moveaxis(phi, axis, 0)
         phi = ops.sum(ops.reshape(phi, (channels, -1)), axis=1)
     return q - 2.0 * phi
 

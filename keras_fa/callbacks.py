@@ -48,6 +48,8 @@ class _MeasureCallback(keras.callbacks.Callback):
     Records are kept like Keras's `History`: `history` maps each key to its
     per-epoch values; `steps` maps each key to its values at the measured
     training steps, with the global step numbers under `"step"`.
+    `conservation_status` is the meter's: `{kernel: "holds" or
+    "not applicable: <reason>"}`.
     """
 
     def __init__(self, every, measures, allowed):
@@ -55,6 +57,7 @@ class _MeasureCallback(keras.callbacks.Callback):
         self.every = _check_every(every)
         self.measures = _check_measures(measures, allowed)
         self.alignment = None
+        self.conservation_status = {}
         self.history = {}
         self.steps = {}
         self._step = 0
@@ -77,6 +80,7 @@ class _MeasureCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.alignment is None or self.alignment.model is not self.model:
             self.alignment = alignment_lib.Alignment(self.model)
+        self.conservation_status = self.alignment.conservation_status
         self.alignment.reset_reference()
         self.history = {}
         self.steps = {}
@@ -116,14 +120,16 @@ class AlignmentCallback(_MeasureCallback):
     """Adds per-layer alignment measures to the logs of `model.fit`.
 
     At the end of every epoch (and every `every` training steps, if given)
-    it measures, on a fixed probe batch, each layer's `weight_angle`,
+    it measures, on a fixed probe batch, each kernel's `weight_angle`,
     `norm_ratio`, `signal_angle` and `update_angle` against exact backprop,
     and the conservation quantity with its drift since the start of
-    training (see `keras_fa.alignment`). Epoch values go into the logs as
-    `"<layer>/<measure>"`, so `History`, `CSVLogger` and `TensorBoard` record
-    them; step values are kept in `callback.steps`. One measurement runs the
-    model forward and backward twice on the probe batch (with the rules, and
-    as exact backprop): about `2 * len(probe) / batch_size` training steps.
+    training where the law holds (see `keras_fa.alignment`;
+    `callback.conservation_status` says where, and why not elsewhere).
+    Epoch values go into the logs as `"<kernel>/<measure>"`, so `History`,
+    `CSVLogger` and `TensorBoard` record them; step values are kept in
+    `callback.steps`. One measurement runs the model forward and backward
+    twice on the probe batch (with the rules, and as exact backprop): about
+    `2 * len(probe) / batch_size` training steps.
     A probe the size of a training batch and `every=100` add about 2% to
     training (`benchmarks/alignment_cost.py`).
 
@@ -167,13 +173,16 @@ class AlignmentCallback(_MeasureCallback):
 class ConservationMonitor(_MeasureCallback):
     """Watches the conservation law of Robertson & Koyejo during training.
 
-    For each layer whose hidden neurons have a conservation law, it logs the
-    layer's summed Q (`"<layer>/conservation"`), its drift since the start of
+    For each kernel whose hidden neurons have a conservation law, it logs the
+    kernel's summed Q (`"<kernel>/conservation"`), its drift since the start of
     training (`conservation_drift`) and the largest per-neuron drift
     (`conservation_drift_max`). Under plain SGD with a small learning rate,
     with fa, usf, frsf, kp or bp, Q is constant up to a drift of the order of
     the learning rate; momentum, Adam and weight decay break the law. It
-    needs no data: Q is a function of the weights.
+    needs no data: Q is a function of the weights. At the start of training
+    it warns once about the hidden kernels where the law is not applicable,
+    which it does not watch (`monitor.conservation_status` says why, e.g.
+    attention projections).
 
     Args:
         every: also check every this many training steps (kept in
@@ -212,13 +221,31 @@ class ConservationMonitor(_MeasureCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.violations = []
+        reasons = {
+            kernel: status.split(": ", 1)[-1]
+            for kernel, status in self.conservation_status.items()
+            if status != alignment_lib.HOLDS
+        }
         if not self.alignment.conservation_layers:
             warnings.warn(
                 "ConservationMonitor found no layer with a conservation law "
                 "in this model: the law needs consecutive layers with a "
                 "kernel linked by ReLU, leaky ReLU or linear activations "
                 "(pooling, dropout, flatten allowed) whose next layer's rule "
-                "is bp, fa, usf, frsf or kp.",
+                "is bp, fa, usf, frsf or kp. Not applicable to "
+                + "; ".join(f"{k!r}: {r}" for k, r in reasons.items()),
+                stacklevel=2,
+            )
+            return
+        hidden = [
+            f"{kernel!r}: {reason}"
+            for kernel, reason in reasons.items()
+            if self.conservation_status[kernel] != alignment_lib.OUTPUT_KERNEL
+        ]
+        if hidden:
+            warnings.warn(
+                "ConservationMonitor does not watch these kernels, to which "
+                "the conservation law is not applicable: " + "; ".join(hidden),
                 stacklevel=2,
             )
 

@@ -25,6 +25,9 @@ class AlignmentHistory:
             under `"epoch"`. Measures taken only every few steps hold NaN in
             between.
         epoch: the list of epoch indices.
+        conservation_status: `{kernel: "holds" or "not applicable:
+            <reason>"}`: the kernels with conservation measures, and why the
+            others have none (see `keras_fa.alignment`).
         params: the loop's arguments.
         model: the trained model.
     """
@@ -35,6 +38,7 @@ class AlignmentHistory:
         self.history = {}
         self.steps = {}
         self.epoch = []
+        self.conservation_status = {}
 
     def plot(self, directory, **kwargs):
         """Writes PNG figures of this history; see
@@ -204,6 +208,7 @@ def train(
     )
     rng = np.random.default_rng(seed)
     hidden = meter.layer_names[:-1]  # the output layer's angles are 0
+    record.conservation_status = meter.conservation_status
     meter.reset_reference()
     step = 0
     for epoch in range(epochs):

@@ -567,3 +567,454 @@ def test_errors():
     # Weight measures need no loss.
     name = model.layers[0].name
     assert f"{name}/weight_angle" in alignment.Alignment(model).weights()
+
+
+# -- every layer type: one set of measures per kernel -------------------------
+
+
+def _layers_model(rule="fa", attention=2):
+    """Each new kind of kernel: separable (two kernels), depthwise,
+    transposed, einsum, and two attention layers (whose projections have
+    the same names)."""
+    inputs = keras.Input((5, 5, 2))
+    kw = dict(feedback=rule, activation="relu")
+    h = keras_fa.FASeparableConv2D(3, 2, depth_multiplier=2, seed=0, **kw)(
+        inputs
+    )
+    h = keras_fa.FADepthwiseConv2D(
+        2, padding="same", depth_multiplier=2, seed=1, **kw
+    )(h)
+    h = keras_fa.FAConv2DTranspose(2, 2, seed=2, **kw)(h)
+    h = keras.layers.Reshape((25, 2))(h)
+    h = keras_fa.FAEinsumDense(
+        "abc,cd->abd", (None, 4), bias_axes="d", feedback=rule, seed=3
+    )(h)
+    for i in range(attention):
+        h = keras_fa.FAMultiHeadAttention(2, 2, feedback=rule, seed=4 + 5 * i)(
+            h, h
+        )
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    outputs = keras_fa.FADense(3, feedback=rule, seed=14)(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        keras.optimizers.SGD(0.05),
+        keras.losses.SparseCategoricalCrossentropy(True),
+    )
+    return model
+
+
+def _image_data(n=6, shape=(5, 5, 2), k=3):
+    x = np.random.default_rng(0).normal(size=(n, *shape)).astype("float32")
+    return x, np.arange(n) % k
+
+
+ANGLES = ("weight_angle", "signal_angle", "update_angle")
+PROJECTIONS = ("query", "key", "value", "attention_output")
+KERNELS = [
+    "fa_separable_conv2d/depthwise_kernel",
+    "fa_separable_conv2d/pointwise_kernel",
+    "fa_depthwise_conv2d",
+    "fa_conv2d_transpose",
+    "fa_einsum_dense",
+    *(f"fa_multi_head_attention/{p}" for p in PROJECTIONS),
+    *(f"fa_multi_head_attention_1/{p}" for p in PROJECTIONS),
+    "fa_dense",
+]
+
+
+def _units(model):
+    """{name: the feedback unit of each kernel}, in the model's order."""
+    separable, depthwise, transpose, _, einsum, *attention, _, dense = (
+        model.layers[1:]
+    )
+    units = {
+        f"{separable.name}/depthwise_kernel": separable.depthwise_feedback,
+        f"{separable.name}/pointwise_kernel": separable.pointwise_feedback,
+        depthwise.name: depthwise,
+        transpose.name: transpose,
+        einsum.name: einsum,
+    }
+    for layer in attention:
+        for attribute, name in zip(
+            ("_query_dense", "_key_dense", "_value_dense", "_output_dense"),
+            PROJECTIONS,
+        ):
+            units[f"{layer.name}/{name}"] = getattr(layer, attribute)
+    units[dense.name] = dense
+    return units
+
+
+def test_every_kernel_is_measured_under_its_own_name():
+    model = _layers_model("bp")
+    x, y = _image_data()
+    meter = alignment.Alignment(model)
+    assert meter.layer_names == list(_units(model)) == KERNELS
+    got = meter.measure(x, y)
+    assert {key.rsplit("/", 1)[0] for key in got} == set(KERNELS)
+    for name in KERNELS:
+        # bp: every kernel's B, error signal and update are backprop's.
+        for measure in ANGLES:
+            assert got[f"{name}/{measure}"] < 0.05, (name, measure)
+        assert got[f"{name}/norm_ratio"] == 1.0
+
+
+def test_every_kernel_has_unique_names_in_plain_keras_models():
+    # Plain Keras layers are measured too (bp); nested layers of the same
+    # name, in two attention layers or two nested models, get their path.
+    def block(name):
+        return keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(4, name="hidden")],
+            name=name,
+        )
+
+    inputs = keras.Input((3, 4))
+    h = keras.layers.MultiHeadAttention(2, 2, name="first")(inputs, inputs)
+    h = keras.layers.MultiHeadAttention(2, 2, name="second")(h, h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    h = block("block_a")(h)
+    outputs = block("block_b")(h)
+    model = keras.Model(inputs, outputs)
+    names = alignment.Alignment(model).layer_names
+    assert names == [
+        *(f"first/{p}" for p in PROJECTIONS),
+        *(f"second/{p}" for p in PROJECTIONS),
+        "block_a/hidden",
+        "block_b/hidden",
+    ]
+
+
+def test_measures_of_every_kernel_equal_their_computation():
+    model = _layers_model("fa")
+    x, y = _image_data()
+    meter = alignment.Alignment(model)
+    got = meter.measure(x, y)
+    used, rule_signals = meter.gradients(x, y)
+    true, true_signals = meter.gradients(x, y, exact=True)
+    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    for name, unit in _units(model).items():
+        w, b = _np(unit.kernel), _np(unit.feedback_kernel)
+        assert got[f"{name}/weight_angle"] == pytest.approx(
+            alignment.angle(w, b), abs=0.05
+        )
+        # fa's B is drawn apart from W: about 90 degrees (4 sd) at init.
+        spread = 4 * math.degrees(1 / math.sqrt(w.size))
+        assert abs(got[f"{name}/weight_angle"] - 90) < spread, name
+        assert got[f"{name}/norm_ratio"] == pytest.approx(
+            np.linalg.norm(b) / np.linalg.norm(w), rel=1e-5
+        )
+        k = index[id(unit.kernel)]
+        assert got[f"{name}/update_angle"] == pytest.approx(
+            alignment.angle(used[k], true[k]), abs=0.05
+        ), name
+        assert got[f"{name}/signal_angle"] == pytest.approx(
+            alignment.angle(rule_signals[name], true_signals[name]), abs=0.05
+        ), name
+    # A rule that fell back to backprop would give 0 here.
+    first = "fa_separable_conv2d/depthwise_kernel"
+    assert got[f"{first}/update_angle"] > 5
+    # The separable's two probes: the depthwise output (4 channels) and the
+    # pointwise product (3), with nothing between them but B_p (or W_p).
+    separable = model.layers[1]
+    pointwise = separable.pointwise_feedback
+    for signals, back in (
+        (rule_signals, _np(pointwise.feedback_kernel)),
+        (true_signals, _np(pointwise.kernel)),
+    ):
+        delta_p = signals[f"{separable.name}/pointwise_kernel"]
+        delta_d = signals[f"{separable.name}/depthwise_kernel"]
+        assert delta_p.shape == (6, 4, 4, 3) and delta_d.shape == (6, 4, 4, 4)
+        np.testing.assert_allclose(
+            delta_d,
+            np.einsum("nhwf,cf->nhwc", delta_p, back[0, 0]),
+            rtol=1e-4,
+            atol=1e-7,
+        )
+    # The true gradients are those of the same model under backprop.
+    bp = _layers_model("bp")
+    feedback = {
+        id(v)
+        for layer in model.layers
+        for v in keras_fa.layers.feedback_variables(layer)
+    }
+    forward = [v for v in model.weights if id(v) not in feedback]
+    assert len(forward) == len(bp.weights)
+    for target, source in zip(bp.weights, forward):
+        target.assign(source)
+    bp_grads = alignment.gradients(bp, x, y)
+    bp_index = {id(v): i for i, v in enumerate(bp.trainable_variables)}
+    for target, source in zip(bp.weights, forward):
+        np.testing.assert_allclose(
+            true[index[id(source)]],
+            bp_grads[bp_index[id(target)]],
+            rtol=1e-4,
+            atol=1e-6,
+            err_msg=source.path,
+        )
+
+
+# -- where the conservation law holds -----------------------------------------
+
+
+def test_conservation_status_says_where_the_law_holds():
+    model = _layers_model("fa")
+    meter = alignment.Alignment(model)
+    status = meter.conservation_status
+    assert list(status) == KERNELS
+    holds = KERNELS[:3]
+    assert meter.conservation_layers == holds
+    assert [k for k, s in status.items() if s == alignment.HOLDS] == holds
+    for name in KERNELS[3:]:
+        assert status[name].startswith("not applicable: "), name
+    assert "'reshape' (Reshape)" in status["fa_conv2d_transpose"]
+    assert "FAMultiHeadAttention" in status["fa_einsum_dense"]
+    for name in KERNELS[5:-1]:
+        assert "attention projection" in status[name]
+    assert status["fa_dense"] == alignment.OUTPUT_KERNEL
+    # No conservation numbers where the law is not applicable.
+    assert set(meter.conservation()) == set(holds)
+    conserved = {
+        key.rsplit("/", 1)[0]
+        for key in meter.weights()
+        if key.rsplit("/", 1)[1].startswith("conservation")
+    }
+    assert conserved == set(holds)
+
+    mlp = _mlp("fa")
+    names = [layer.name for layer in mlp.layers]
+    assert alignment.Alignment(mlp).conservation_status == {
+        names[0]: "holds",
+        names[1]: "holds",
+        names[2]: alignment.OUTPUT_KERNEL,
+    }
+
+
+def _status(layers, inputs):
+    model = keras.Sequential([keras.Input(inputs), *layers])
+    return list(alignment.Alignment(model).conservation_status.values())
+
+
+def test_conservation_status_reasons():
+    relu = dict(activation="relu")
+    # An einsum that is a Dense on the last axis has the law; others not.
+    dense_like = keras_fa.FAEinsumDense("...b,bc->...c", (5,), **relu)
+    assert _status([dense_like, keras_fa.FADense(2)], (3,))[0] == "holds"
+    heads = keras_fa.FAEinsumDense("abc,cde->abde", (4, 2, 5), **relu)
+    status = _status(
+        [heads, keras.layers.Flatten(), keras_fa.FADense(2)], (4, 3)
+    )
+    assert "einsum 'abc,cde->abde'" in status[0]
+    # A grouped convolution's input channels do not each own a kernel row.
+    status = _status(
+        [
+            keras_fa.FAConv2D(4, 1, **relu),
+            keras_fa.FAConv2D(4, 1, groups=2),
+        ],
+        (3, 3, 2),
+    )
+    assert "grouped convolution" in status[0]
+    # Pooling over the channels mixes neurons.
+    status = _status(
+        [
+            keras_fa.FAConv1D(4, 1, **relu),
+            keras.layers.MaxPooling1D(data_format="channels_first"),
+            keras.layers.Flatten(),
+            keras_fa.FADense(2),
+        ],
+        (4, 3),
+    )
+    assert "pools over the channel axis" in status[0]
+    status = _status(
+        [keras_fa.FADense(4, activation="tanh"), keras_fa.FADense(2)], (3,)
+    )
+    assert "tanh, is not positively homogeneous" in status[0]
+    status = _status(
+        [keras_fa.FADense(4, **relu), keras_fa.FADense(2, feedback="wm")],
+        (3,),
+    )
+    assert "'wm', has no conservation law" in status[0]
+
+
+def test_dense_like_einsum_conservation_equals_numpy():
+    model = keras.Sequential(
+        [
+            keras.Input((7,)),
+            keras_fa.FAEinsumDense(
+                "...b,bc->...c", (9,), bias_axes="c", activation="relu"
+            ),
+            keras_fa.FADense(4),
+        ]
+    )
+    einsum, dense = model.layers
+    q = alignment.Alignment(model).conservation()[einsum.name]
+    w, bias = _np(einsum.kernel), _np(einsum.bias)
+    phi = _np(dense.kernel) * _np(dense.feedback_kernel)
+    np.testing.assert_allclose(
+        q, (w**2).sum(0) + bias**2 - 2 * phi.sum(1), rtol=1e-5, atol=1e-6
+    )
+
+
+def _chain_model(rule="fa", learning_rate=0.05):
+    """Every kernel layout a conservation law pairs: separable (inside and
+    out), depthwise, transposed, convolution, flatten into dense."""
+    kw = dict(feedback=rule, activation="relu")
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras_fa.FASeparableConv2D(4, 3, depth_multiplier=2, seed=0, **kw),
+            keras_fa.FADepthwiseConv2D(
+                3, padding="same", depth_multiplier=2, seed=1, **kw
+            ),
+            keras_fa.FAConv2DTranspose(3, 2, strides=2, seed=2, **kw),
+            keras_fa.FAConv2D(5, 3, strides=2, seed=3, **kw),
+            keras.layers.Flatten(),
+            keras_fa.FADense(3, feedback=rule, seed=4),
+        ]
+    )
+    model.compile(
+        keras.optimizers.SGD(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(True),
+    )
+    return model
+
+
+def _chain_q(model):
+    """{kernel name: (Q per neuron, |w_in|^2 + b^2 per neuron)} in numpy,
+    neuron by neuron, for fa (phi = W * B)."""
+    separable, depthwise, transpose, conv, _, dense = model.layers
+    dw, pw = separable.depthwise_feedback, separable.pointwise_feedback
+
+    def phi(unit):
+        return _np(unit.kernel) * _np(unit.feedback_kernel)
+
+    def bias(layer, j):
+        return _np(layer.bias)[j] ** 2
+
+    w_dw, w_pw, w_d2 = _np(dw.kernel), _np(pw.kernel), _np(depthwise.kernel)
+    w_t, w_c = _np(transpose.kernel), _np(conv.kernel)
+    m1, m2 = w_dw.shape[-1], w_d2.shape[-1]
+    incoming = {
+        # Depthwise (k, k, in, multiplier): channel c * multiplier + m.
+        "dw": [(w_dw[:, :, j // m1, j % m1] ** 2).sum() for j in range(4)],
+        "pw": [
+            (w_pw[..., j] ** 2).sum() + bias(separable, j) for j in range(4)
+        ],
+        "d2": [
+            (w_d2[:, :, j // m2, j % m2] ** 2).sum() + bias(depthwise, j)
+            for j in range(8)
+        ],
+        # Transposed (k, k, filters, in): filter j is [:, :, j, :].
+        "t": [(w_t[:, :, j] ** 2).sum() + bias(transpose, j) for j in range(3)],
+        "c": [(w_c[..., j] ** 2).sum() + bias(conv, j) for j in range(5)],
+    }
+    outgoing = {
+        "dw": [phi(pw)[0, 0, j].sum() for j in range(4)],
+        "pw": [phi(depthwise)[:, :, j].sum() for j in range(4)],
+        "d2": [phi(transpose)[..., j].sum() for j in range(8)],
+        "t": [phi(conv)[:, :, j].sum() for j in range(3)],
+        # Flatten (3, 3, 5), channels last: channel j is every 5th row.
+        "c": [phi(dense)[j::5].sum() for j in range(5)],
+    }
+    names = {
+        "dw": f"{separable.name}/depthwise_kernel",
+        "pw": f"{separable.name}/pointwise_kernel",
+        "d2": depthwise.name,
+        "t": transpose.name,
+        "c": conv.name,
+    }
+    return {
+        names[k]: (
+            np.array(incoming[k]) - 2 * np.array(outgoing[k]),
+            np.array(incoming[k]),
+        )
+        for k in names
+    }
+
+
+def test_conservation_of_every_layout_equals_numpy_and_holds():
+    # Full-batch SGD: Q_i of every pair stays put (drift O(lr); measured
+    # below 0.006 of the terms' movement on every backend) while its terms
+    # move; a wrong pairing of neurons and kernel axes would drift with them.
+    model = _chain_model(learning_rate=0.02)
+    x, y = _image_data(n=16, shape=(6, 6, 2))
+    meter = alignment.Alignment(model)
+    before = _chain_q(model)
+    assert meter.conservation_layers == list(before)
+    # Q per neuron, as written out neuron by neuron in numpy.
+    for name, value in meter.reset_reference().items():
+        np.testing.assert_allclose(value, before[name][0], rtol=1e-5, atol=1e-6)
+    steps = 400
+    model.fit(
+        np.tile(x, (steps, 1, 1, 1)),
+        np.tile(y, steps),
+        batch_size=16,
+        shuffle=False,
+        verbose=0,
+    )
+    after = _chain_q(model)
+    values = meter.weights()
+    for name, (q0, in0) in before.items():
+        q1, in1 = after[name]
+        drift = np.abs(q1 - q0).max()
+        moved = np.abs(in1 - in0).max()
+        assert drift < 0.02 * moved, (name, drift, moved)
+        assert values[f"{name}/conservation_drift_max"] == pytest.approx(
+            drift, rel=1e-3, abs=1e-6
+        )
+
+
+# -- callbacks and the training loop on every layer type ---------------------
+
+
+def test_callbacks_report_where_conservation_is_not_applicable():
+    # One attention layer: the callbacks compile their own measures.
+    model = _layers_model("fa", attention=1)
+    kernels = list(_units(model))
+    x, y = _image_data(n=12)
+    align = keras_fa.callbacks.AlignmentCallback((x[:6], y[:6]), every=1)
+    monitor = keras_fa.callbacks.ConservationMonitor()
+    with pytest.warns(UserWarning, match="does not watch") as caught:
+        history = model.fit(
+            x, y, batch_size=6, epochs=1, callbacks=[align, monitor], verbose=0
+        )
+    [message] = [
+        str(w.message) for w in caught if "does not watch" in str(w.message)
+    ]
+    status = alignment.Alignment(model).conservation_status
+    assert align.conservation_status == monitor.conservation_status == status
+    for name, reason in status.items():
+        if reason not in (alignment.HOLDS, alignment.OUTPUT_KERNEL):
+            assert f"'{name}': {reason.split(': ', 1)[1]}" in message
+    assert "'fa_dense'" not in message
+    for name in kernels:
+        for measure in ("weight_angle", "norm_ratio", *ANGLES[1:]):
+            values = history.history[f"{name}/{measure}"]
+            assert len(values) == 1 and math.isfinite(values[0]), name
+        assert len(align.steps[f"{name}/update_angle"]) == 3
+        conserved = f"{name}/conservation_drift_max" in history.history
+        assert conserved == (status[name] == alignment.HOLDS), name
+    assert [k for k in monitor.history if k != "epoch"] == [
+        f"{name}/{measure}"
+        for name in kernels[:3]
+        for measure in (
+            "conservation",
+            "conservation_drift",
+            "conservation_drift_max",
+        )
+    ]
+
+
+def test_train_records_the_conservation_status():
+    model = _mlp("fa")
+    x, y = _data()
+    record = keras_fa.train(model, x, y, batch_size=12, every=None, verbose=0)
+    assert record.conservation_status == (
+        alignment.Alignment(model).conservation_status
+    )
+    names = [layer.name for layer in model.layers]
+    assert list(record.conservation_status.values()) == [
+        "holds",
+        "holds",
+        alignment.OUTPUT_KERNEL,
+    ]
+    assert f"{names[0]}/conservation" in record.history
+    assert f"{names[2]}/conservation" not in record.history
