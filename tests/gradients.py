@@ -215,3 +215,135 @@ def np_conv(x, w, strides, padding, dilation, groups=1):
         return dxp[(slice(None),) + crop + (slice(None),)], dw
 
     return y, backward
+
+
+# ---------------------------------------------------------------------------
+# Layers called on several inputs (attention: query, value, key)
+
+
+def call_gradients(layer, inputs, upstream, compiled=False, **kwargs):
+    """Returns `(outputs, dxs, grads, new_non_trainable)` for
+    `L = sum(layer(*inputs, **kwargs) * upstream)`, as `layer_gradients`.
+
+    `inputs` is a tuple of numpy arrays passed positionally and differentiated
+    (`dxs` holds one gradient per input); `kwargs` are passed as they are and
+    not differentiated (masks, flags).
+    """
+    variables = layer.trainable_variables + layer.non_trainable_variables
+    n_train = len(layer.trainable_variables)
+    values = [keras.ops.convert_to_numpy(v.value) for v in variables]
+    float_idx = [i for i, v in enumerate(variables) if _is_float(v)]
+    fn = _CALL_GRADIENT_FUNCTIONS[BACKEND]
+    out, dxs, dvars, state = fn(
+        layer, n_train, values, float_idx, inputs, upstream, compiled, kwargs
+    )
+    grads = {}
+    for i, g in zip(float_idx, dvars):
+        grads[variables[i].path] = (
+            np.zeros_like(values[i]) if g is None else np.asarray(g)
+        )
+    dxs = [
+        np.zeros_like(x) if dx is None else np.asarray(dx)
+        for x, dx in zip(inputs, dxs)
+    ]
+    return np.asarray(out), dxs, grads, state
+
+
+def _call(layer, n_train, values, float_idx, floats, others, xs, kwargs):
+    full = list(others)
+    for i, v in zip(float_idx, floats):
+        full[i] = v
+    tv, ntv = full[:n_train], full[n_train:]
+    return layer.stateless_call(tv, ntv, *xs, **kwargs)
+
+
+def _tf_call_gradients(layer, n_train, values, float_idx, xs, up, compiled, kw):
+    import tensorflow as tf
+
+    kw = {k: tf.constant(v) if _is_array(v) else v for k, v in kw.items()}
+
+    def f(xs, floats, others):
+        with tf.GradientTape() as tape:
+            tape.watch(list(xs) + list(floats))
+            y, new_ntv = _call(
+                layer, n_train, values, float_idx, floats, others, xs, kw
+            )
+            loss = tf.reduce_sum(y * up)
+        dxs, dfloats = tape.gradient(loss, [list(xs), list(floats)])
+        return y, dxs, dfloats, new_ntv
+
+    if compiled:
+        f = tf.function(f, jit_compile=True)
+    floats = [tf.constant(values[i]) for i in float_idx]
+    others = [tf.constant(v) for v in values]
+    y, dxs, dfloats, state = f([tf.constant(x) for x in xs], floats, others)
+    return (
+        y.numpy(),
+        [None if g is None else g.numpy() for g in dxs],
+        [None if g is None else g.numpy() for g in dfloats],
+        [np.asarray(s) for s in state],
+    )
+
+
+def _jax_call_gradients(
+    layer, n_train, values, float_idx, xs, up, compiled, kw
+):
+    import jax
+    import jax.numpy as jnp
+
+    kw = {k: jnp.asarray(v) if _is_array(v) else v for k, v in kw.items()}
+
+    def loss(xs, floats, others):
+        y, new_ntv = _call(
+            layer, n_train, values, float_idx, floats, others, xs, kw
+        )
+        return jnp.sum(y * up), (y, new_ntv)
+
+    f = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    if compiled:
+        f = jax.jit(f)
+    floats = [jnp.asarray(values[i]) for i in float_idx]
+    others = [jnp.asarray(v) for v in values]
+    xs = [jnp.asarray(x) for x in xs]
+    (_, (y, state)), (dxs, dfloats) = f(xs, floats, others)
+    return y, dxs, dfloats, [np.asarray(s) for s in state]
+
+
+def _torch_call_gradients(
+    layer, n_train, values, float_idx, xs, up, compiled, kw
+):
+    import torch
+
+    kw = {k: torch.tensor(v) if _is_array(v) else v for k, v in kw.items()}
+
+    def f(xs, floats, others, up):
+        y, new_ntv = _call(
+            layer, n_train, values, float_idx, floats, others, xs, kw
+        )
+        return y, torch.sum(y * up), new_ntv
+
+    if compiled:
+        f = torch.compile(f, dynamic=False)
+    xts = [torch.tensor(x, requires_grad=True) for x in xs]
+    floats = [torch.tensor(values[i], requires_grad=True) for i in float_idx]
+    others = [torch.tensor(v) for v in values]
+    y, loss, state = f(xts, floats, others, torch.tensor(up))
+    grads = torch.autograd.grad(loss, xts + floats, allow_unused=True)
+    as_np = [None if g is None else g.detach().numpy() for g in grads]
+    return (
+        y.detach().numpy(),
+        as_np[: len(xts)],
+        as_np[len(xts) :],
+        [s.detach().numpy() for s in state],
+    )
+
+
+def _is_array(value):
+    return isinstance(value, np.ndarray)
+
+
+_CALL_GRADIENT_FUNCTIONS = {
+    "tensorflow": _tf_call_gradients,
+    "jax": _jax_call_gradients,
+    "torch": _torch_call_gradients,
+}
