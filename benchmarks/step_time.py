@@ -1,11 +1,28 @@
 """Time a training step of plain Keras models against their keras_fa versions.
 
-For each model (an MLP 784-1000-1000-10 and a LeNet-style CNN on 28x28x1
-inputs) it builds the plain Keras model (`keras.layers.Dense` / `Conv2D`) and
-the same architecture with `keras_fa.FADense` / `FAConv2D` for each feedback
-rule, compiles all of them alike (Adam, sparse categorical cross-entropy, the
-default `jit_compile`), warms each up, then times `model.fit` on random data
-(no download), the variants interleaved: every repeat runs every variant once,
+Models (`--models`, all by default):
+
+- `mlp`: an MLP 784-1000-1000-10;
+- `cnn`: a LeNet-style CNN on 28x28x1 inputs;
+- `transformer`: a small transformer classifier on 32 tokens of width 64
+  (learned position embedding, two pre-norm blocks of 4-head
+  `MultiHeadAttention` (key_dim 16) and an MLP 64-128-64, residual `x + ...`
+  connections, global average pooling, Dense(10));
+- `sepcnn`: a MobileNet-style depthwise-separable CNN on 32x32x3 inputs (a
+  stride-2 Conv2D, three blocks of DepthwiseConv2D 3x3, BatchNormalization,
+  ReLU and a 1x1 Conv2D, a SeparableConv2D, global average pooling,
+  Dense(10)).
+
+For each model it builds the plain Keras model and the same architecture
+with keras_fa layers for each feedback rule: `FADense` / `FAConv2D` /
+`FADepthwiseConv2D` / `FASeparableConv2D` in place of the Keras layers for the
+Sequential models; the transformer is the plain Keras model passed through
+`keras_fa.convert(model, rule, seed=0)` (or, where `convert` fails or leaves
+a Keras layer with a kernel unconverted, built directly with
+`FAMultiHeadAttention` and `FADense`; the report says which). All are
+compiled alike (Adam, sparse categorical cross-entropy, the default
+`jit_compile`), warmed up, then `model.fit` is timed on random data (no
+download), the variants interleaved: every repeat runs every variant once,
 in a rotated order, so drift in machine load hits all variants alike.
 
 A repeat times the `--steps` steps of one `model.fit` call (verbose=0, no
@@ -14,16 +31,29 @@ the weights are read back, so asynchronous dispatch (jax) is included. Set-up
 that `fit` does before the first batch is outside the timing; it is the same
 for every variant anyway.
 
-It prints a Markdown table and, with `--out`, writes it to a file: per model
-and variant the median wall-clock ms/step and its ratio to the plain Keras
-model's, the smallest wall-clock ms/step, and the median CPU ms/step (the
-process's CPU time, all threads) and its ratio.
+It prints a Markdown table and, with `--out`, writes it to a file (with
+`--json`, also the per-repeat times): per model and variant the median
+wall-clock ms/step and its ratio to the plain Keras model's, the smallest
+wall-clock ms/step, the median CPU ms/step (the process's CPU time, all
+threads) and its ratio, and the CPU ratio's budget and whether it is met:
+every rule must cost at most 1.05x the plain Keras model on tensorflow and
+jax and 1.10x on torch, except brsf, kp and wm, whose extra work (a fresh
+random B every step; an optimizer update of B; a fresh noise draw and the
+mirror's two products every step, plus B's update) is the rule's own.
 
     KERAS_BACKEND=tensorflow python benchmarks/step_time.py
     KERAS_BACKEND=jax python benchmarks/step_time.py --out \
         benchmarks/results/step_time_jax.md
     KERAS_BACKEND=torch python benchmarks/step_time.py --threads 1 \
         --models mlp --rules fa,kp --repeats 5 --steps 10
+    KERAS_BACKEND=jax python benchmarks/step_time.py --threads 1 \
+        --models transformer,sepcnn --rules bp,fa,usf,frsf,wm,brsf,kp \
+        --out benchmarks/results/step_time_transformer_sepcnn_jax.md \
+        --json benchmarks/results/step_time_transformer_sepcnn_jax.json
+
+`--quick` (one warm-up fit, one timed fit of one step of batch 8, unless
+given otherwise) checks that everything builds and runs; its times mean
+nothing.
 
 On a machine whose cores are busy with other work, torch's default OpenMP
 threads wait on each other in every kernel (one step can take ten times as
@@ -34,10 +64,13 @@ Other work on the machine only ever adds wall-clock time, so the smallest
 time of a variant is the closest to its cost on an idle machine. With
 `--threads 1` the CPU time hardly depends on other work at all (it is the
 compute the step costs), which makes the CPU ratio the steadier measure on a
-busy machine; with several threads it also counts threads waiting for work.
+busy machine, and the one the budget judges; with several threads it also
+counts threads waiting for work.
 """
 
 import argparse
+import functools
+import json
 import os
 import platform
 import statistics
@@ -46,6 +79,7 @@ import time
 
 import keras
 import numpy as np
+from keras import ops
 
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,17 +88,40 @@ from benchmarks.shared import limit_threads  # noqa: E402
 from benchmarks.shared import names  # noqa: E402
 from benchmarks.shared import write_atomic  # noqa: E402
 
-MODELS = ("mlp", "cnn")
-RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "drtp", "shallow")
-# Direct rules wrap the plain Keras model (keras_fa.direct_feedback).
+MODELS = ("mlp", "cnn", "transformer", "sepcnn")
+RULES = (
+    "bp",
+    "fa",
+    "usf",
+    "brsf",
+    "frsf",
+    "kp",
+    "wm",
+    "dfa",
+    "drtp",
+    "shallow",
+)
+# Direct rules wrap the plain Keras model (keras_fa.direct_feedback), which
+# takes Sequential models only.
 DIRECT_RULES = ("dfa", "drtp", "shallow")
+SEQUENTIAL_MODELS = ("mlp", "cnn", "sepcnn")
+# Models whose feedback versions come from keras_fa.convert(plain model).
+CONVERTED_MODELS = ("transformer",)
 PLAIN = "keras"
 NUM_CLASSES = 10
+# The most a rule's step may cost, as a multiple of the plain Keras model's
+# (CPU time). brsf, kp and wm have none: their extra work (a fresh random B
+# each step; an optimizer update of B; wm's noise draw, mirror products and
+# update of B) is the rule's own, not overhead.
+BUDGETS = {"tensorflow": 1.05, "jax": 1.05, "torch": 1.10}
+UNBUDGETED = ("brsf", "kp", "wm")
+QUICK = {"repeats": 1, "steps": 1, "batch_size": 8, "warmup": 1}
+DEFAULTS = {"repeats": 21, "steps": 10, "batch_size": 128, "warmup": 2}
 
 
 def build_mlp(feedback=None):
     """Returns the MLP 784-1000-1000-10; `feedback=None` gives plain Keras."""
-    dense = _dense(feedback)
+    dense = _layer(keras.layers.Dense, feedback)
     return keras.Sequential(
         [
             keras.Input((784,)),
@@ -78,8 +135,8 @@ def build_mlp(feedback=None):
 
 def build_cnn(feedback=None):
     """Returns a LeNet-style CNN for 28x28x1 images."""
-    dense = _dense(feedback)
-    conv = _conv2d(feedback)
+    dense = _layer(keras.layers.Dense, feedback)
+    conv = _layer(keras.layers.Conv2D, feedback)
     return keras.Sequential(
         [
             keras.Input((28, 28, 1)),
@@ -96,28 +153,139 @@ def build_cnn(feedback=None):
     )
 
 
-BUILDERS = {"mlp": build_mlp, "cnn": build_cnn}
-INPUT_SHAPES = {"mlp": (784,), "cnn": (28, 28, 1)}
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned embedding of each position to a `(batch, length,
+    width)` input, a lookup table as in the Keras examples' transformers."""
+
+    def __init__(self, length, width, **kwargs):
+        super().__init__(**kwargs)
+        self.length = length
+        self.width = width
+        self.embedding = keras.layers.Embedding(
+            length,
+            width,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+        )
+
+    def call(self, inputs):
+        positions = self.embedding(ops.arange(self.length))
+        return ops.add(inputs, ops.cast(positions, inputs.dtype))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "length": self.length,
+            "width": self.width,
+        }
 
 
-def _dense(feedback):
+def build_transformer(feedback=None, length=32, width=64, blocks=2):
+    """Returns a small pre-norm transformer classifier of `(length, width)`
+    inputs (tokens already embedded)."""
+    dense = _layer(keras.layers.Dense, feedback)
+    attention = _layer(keras.layers.MultiHeadAttention, feedback)
+    inputs = keras.Input((length, width))
+    x = PositionEmbedding(length, width)(inputs)
+    for _ in range(blocks):
+        h = keras.layers.LayerNormalization()(x)
+        x = x + attention(num_heads=4, key_dim=width // 4)(h, h)
+        h = keras.layers.LayerNormalization()(x)
+        h = dense(2 * width, activation="gelu")(h)
+        x = x + dense(width)(h)
+    x = keras.layers.LayerNormalization()(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = dense(NUM_CLASSES)(x)
+    return keras.Model(inputs, outputs, name="transformer")
+
+
+def build_sepcnn(feedback=None):
+    """Returns a MobileNet-style depthwise-separable CNN for 32x32x3 images."""
+    dense = _layer(keras.layers.Dense, feedback)
+    conv = _layer(keras.layers.Conv2D, feedback)
+    depthwise = _layer(keras.layers.DepthwiseConv2D, feedback)
+    separable = _layer(keras.layers.SeparableConv2D, feedback)
+    layers = [
+        keras.Input((32, 32, 3)),
+        conv(16, 3, strides=2, padding="same", activation="relu"),
+    ]
+    for filters, strides in ((32, 1), (64, 2), (64, 1)):
+        layers += [
+            depthwise(3, strides=strides, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            conv(filters, 1, activation="relu"),
+        ]
+    layers += [
+        separable(128, 3, padding="same", activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        dense(NUM_CLASSES),
+    ]
+    return keras.Sequential(layers, name="sepcnn")
+
+
+BUILDERS = {
+    "mlp": build_mlp,
+    "cnn": build_cnn,
+    "transformer": build_transformer,
+    "sepcnn": build_sepcnn,
+}
+INPUT_SHAPES = {
+    "mlp": (784,),
+    "cnn": (28, 28, 1),
+    "transformer": (32, 64),
+    "sepcnn": (32, 32, 3),
+}
+
+
+def _layer(keras_class, feedback):
+    # `feedback=None`: the Keras layer; else its keras_fa version with the rule.
     if feedback is None:
-        return keras.layers.Dense
-
-    def layer(*args, **kwargs):
-        return keras_fa.FADense(*args, feedback=feedback, **kwargs)
-
-    return layer
+        return keras_class
+    return functools.partial(
+        keras_fa.layers.REPLACEMENTS[keras_class], feedback=feedback
+    )
 
 
-def _conv2d(feedback):
+def unconverted_layers(model):
+    """Returns the layers of `model` that have a keras_fa version but are
+    still the Keras layer (a feedback model should have none)."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if type(layer) in keras_fa.layers.REPLACEMENTS
+    ]
+
+
+def build_model(model_name, feedback):
+    """Returns `(model, how)`: the model with `feedback` (None: plain Keras)
+    and how its feedback version was made."""
+    builder = BUILDERS[model_name]
     if feedback is None:
-        return keras.layers.Conv2D
-
-    def layer(*args, **kwargs):
-        return keras_fa.FAConv2D(*args, feedback=feedback, **kwargs)
-
-    return layer
+        return builder(None), "plain Keras"
+    if feedback in DIRECT_RULES:
+        return (
+            keras_fa.direct_feedback(builder(None), feedback),
+            "keras_fa.direct_feedback",
+        )
+    if model_name not in CONVERTED_MODELS:
+        return builder(feedback), "keras_fa layers"
+    try:
+        model = keras_fa.convert(builder(None), feedback, seed=0)
+    except Exception as error:  # convert's limits are reported, not fatal
+        reason = f"keras_fa.convert failed: {type(error).__name__}: {error}"
+    else:
+        left = unconverted_layers(model)
+        if not left:
+            return model, "keras_fa.convert"
+        reason = "keras_fa.convert left " + ", ".join(
+            sorted({type(layer).__name__ for layer in left})
+        )
+    print(
+        f"  {model_name} {feedback}: {reason}; built with keras_fa layers",
+        file=sys.stderr,
+        flush=True,
+    )
+    return builder(feedback), f"keras_fa layers ({reason})"
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -153,12 +321,7 @@ class Variant:
         self.model_name = model_name
         self.name = PLAIN if feedback is None else feedback
         keras.utils.set_random_seed(0)
-        if feedback in DIRECT_RULES:
-            self.model = keras_fa.direct_feedback(
-                BUILDERS[model_name](None), feedback
-            )
-        else:
-            self.model = BUILDERS[model_name](feedback)
+        self.model, self.how = build_model(model_name, feedback)
         self.model.compile(
             optimizer=keras.optimizers.Adam(1e-3),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -194,18 +357,33 @@ def make_data(model_name, steps, batch_size, seed=0):
     return x, y
 
 
-def benchmark(model_name, rules, repeats, steps, batch_size, jit_compile):
+def model_rules(model_name, rules):
+    """Returns the rules of `rules` that apply to `model_name` (direct rules
+    need a Sequential model)."""
+    return [
+        rule
+        for rule in rules
+        if rule not in DIRECT_RULES or model_name in SEQUENTIAL_MODELS
+    ]
+
+
+def benchmark(
+    model_name, rules, repeats, steps, batch_size, jit_compile, warmup=2
+):
     """Returns the variants of one model, each with `repeats` timings."""
     data = make_data(model_name, steps, batch_size)
     variants = [
         Variant(model_name, feedback, data, batch_size, jit_compile)
-        for feedback in (None, *rules)
+        for feedback in (None, *model_rules(model_name, rules))
     ]
     for variant in variants:
         # The first fit compiles (tf.function, jax.jit); the second runs the
-        # compiled step and warms caches and allocators.
-        variant.fit()
-        variant.fit()
+        # compiled step and warms caches and allocators. Warm-up times are
+        # dropped.
+        for _ in range(warmup):
+            variant.fit()
+        variant.wall.clear()
+        variant.cpu.clear()
     for r in range(repeats):
         shift = r % len(variants)
         for variant in variants[shift:] + variants[:shift]:
@@ -219,13 +397,17 @@ def benchmark(model_name, rules, repeats, steps, batch_size, jit_compile):
     return variants
 
 
-def table(results):
-    """Returns the Markdown table of all models' variants."""
-    lines = [
-        "| model | variant | ms/step | ratio | min ms/step | CPU ms/step | "
-        "CPU ratio |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+def budget(backend, rule):
+    """Returns the most a step of `rule` may cost relative to plain Keras on
+    `backend` (CPU time), or None where no budget applies."""
+    if rule == PLAIN or rule in UNBUDGETED:
+        return None
+    return BUDGETS[backend]
+
+
+def rows(results, backend):
+    """Returns one dict per model and variant: medians, ratios, budget."""
+    out = []
     for variants in results:
         plain = variants[0]
         plain_wall = statistics.median(plain.wall)
@@ -233,12 +415,46 @@ def table(results):
         for variant in variants:
             wall = statistics.median(variant.wall)
             cpu = statistics.median(variant.cpu)
-            lines.append(
-                f"| {variant.model_name} | {variant.name} | "
-                f"{1e3 * wall:.2f} | {wall / plain_wall:.3f} | "
-                f"{1e3 * min(variant.wall):.2f} | "
-                f"{1e3 * cpu:.2f} | {cpu / plain_cpu:.3f} |"
+            limit = budget(backend, variant.name)
+            cpu_ratio = cpu / plain_cpu
+            out.append(
+                {
+                    "model": variant.model_name,
+                    "variant": variant.name,
+                    "built_with": variant.how,
+                    "ms_per_step": 1e3 * wall,
+                    "ratio": wall / plain_wall,
+                    "min_ms_per_step": 1e3 * min(variant.wall),
+                    "cpu_ms_per_step": 1e3 * cpu,
+                    "cpu_ratio": cpu_ratio,
+                    "budget": limit,
+                    "within_budget": (
+                        None if limit is None else round(cpu_ratio, 3) <= limit
+                    ),
+                    "wall_ms": [1e3 * t for t in variant.wall],
+                    "cpu_ms": [1e3 * t for t in variant.cpu],
+                }
             )
+    return out
+
+
+def table(results, backend):
+    """Returns the Markdown table of all models' variants."""
+    lines = [
+        "| model | variant | ms/step | ratio | min ms/step | CPU ms/step | "
+        "CPU ratio | budget | within |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows(results, backend):
+        limit, within = row["budget"], row["within_budget"]
+        lines.append(
+            f"| {row['model']} | {row['variant']} | "
+            f"{row['ms_per_step']:.2f} | {row['ratio']:.3f} | "
+            f"{row['min_ms_per_step']:.2f} | "
+            f"{row['cpu_ms_per_step']:.2f} | {row['cpu_ratio']:.3f} | "
+            f"{'-' if limit is None else f'{limit:.2f}'} | "
+            f"{'-' if within is None else ('yes' if within else 'NO')} |"
+        )
     return "\n".join(lines)
 
 
@@ -258,6 +474,15 @@ def describe(args, results):
         import torch
 
         versions.append(f"torch {torch.__version__}")
+    built = sorted(
+        {
+            f"{v.model_name}: {v.how}"
+            for variants in results
+            for v in variants[1:]
+            if v.how != "keras_fa layers" and v.name not in DIRECT_RULES
+        }
+    )
+    quick = " QUICK RUN (--quick): the times mean nothing."
     return (
         f"Backend {backend} ({', '.join(versions)}), "
         f"jit_compile={args.jit_compile!r} "
@@ -265,7 +490,13 @@ def describe(args, results):
         f"threads={args.threads or 'default'}, batch size {args.batch_size}, "
         f"{args.steps} steps per fit, median of {args.repeats} interleaved "
         f"repeats; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}."
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"load average {args.load[0]:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end. "
+        f"Budget: CPU ratio <= {BUDGETS[backend]:.2f} for every rule but "
+        f"{', '.join(UNBUDGETED)}."
+        + "".join(f" Feedback models of {line}." for line in built)
+        + (quick if args.quick else "")
     )
 
 
@@ -279,20 +510,45 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--models", default=",".join(MODELS), help="comma-separated: mlp,cnn"
+        "--models",
+        default=",".join(MODELS),
+        help="comma-separated: " + ",".join(MODELS),
     )
     parser.add_argument(
         "--rules",
         default=",".join(RULES),
-        help="comma-separated feedback rules: " + ",".join(RULES),
+        help="comma-separated feedback rules: "
+        + ",".join(RULES)
+        + f" (direct rules only on {','.join(SEQUENTIAL_MODELS)})",
     )
     parser.add_argument(
-        "--repeats", type=int, default=21, help="timed fits per variant"
+        "--repeats",
+        type=int,
+        help=f"timed fits per variant (default {DEFAULTS['repeats']})",
     )
     parser.add_argument(
-        "--steps", type=int, default=10, help="training steps per timed fit"
+        "--steps",
+        type=int,
+        help=f"training steps per timed fit (default {DEFAULTS['steps']})",
     )
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"default {DEFAULTS['batch_size']}",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help="untimed fits per variant before the timed ones "
+        f"(default {DEFAULTS['warmup']})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="check that everything runs: "
+        + ", ".join(f"{k} {v}" for k, v in QUICK.items())
+        + " unless given",
+    )
     parser.add_argument(
         "--jit-compile",
         type=_jit_compile,
@@ -306,18 +562,29 @@ def parse_args(argv=None):
         help="threads the backend computes with (default: its own choice)",
     )
     parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument(
+        "--json", help="also write the rows and every repeat's times here"
+    )
     args = parser.parse_args(argv)
     args.models = names(args.models, MODELS, "--models")
     args.rules = names(args.rules, RULES, "--rules")
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if min(args.repeats, args.steps, args.batch_size, args.threads or 1) < 1:
         parser.error(
             "--repeats, --steps, --batch-size and --threads must be positive"
         )
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
     return args
 
 
 def main(argv=None):
+    """Runs the benchmark; returns the rows of the table (as `rows`)."""
     args = parse_args(argv)
+    # Other work on the machine shows in the wall-clock times: say how much.
+    args.load = os.getloadavg()
     if args.threads:
         limit_threads(args.threads)
     results = [
@@ -328,13 +595,29 @@ def main(argv=None):
             args.steps,
             args.batch_size,
             args.jit_compile,
+            args.warmup,
         )
         for name in args.models
     ]
-    report = f"{describe(args, results)}\n\n{table(results)}\n"
+    backend = keras.backend.backend()
+    description = describe(args, results)
+    report = f"{description}\n\n{table(results, backend)}\n"
     print(report)
     if args.out:
         write_atomic(args.out, report)
+    result_rows = rows(results, backend)
+    if args.json:
+        record = {
+            "backend": backend,
+            "description": description,
+            "command": " ".join(
+                [f"KERAS_BACKEND={backend} python benchmarks/step_time.py"]
+                + list(sys.argv[1:] if argv is None else argv)
+            ),
+            "rows": result_rows,
+        }
+        write_atomic(args.json, json.dumps(record, indent=1) + "\n")
+    return result_rows
 
 
 if __name__ == "__main__":

@@ -342,7 +342,7 @@ def _backward_kernel(unit, rule, state):
     if rule in ("fa", "kp", "wm"):
         return _np(unit.feedback_kernel)
     if rule == "usf":
-        return (np.sign(w) * glorot_scale(w.shape)).astype("float32")
+        return (np.sign(w) * _usf_scale(unit, w.shape)).astype("float32")
     if rule == "frsf":
         return np.sign(w) * np.abs(_np(unit.feedback_kernel))
     if rule == "brsf":
@@ -351,6 +351,19 @@ def _backward_kernel(unit, rule, state):
         m = _np(unit._brsf_sampler(w.shape, dtype="float32"))
         return np.sign(w) * np.abs(m)
     raise AssertionError(rule)
+
+
+def _usf_scale(unit, shape):
+    """usf's Glorot std, with an einsum kernel's fans read off its equation
+    (the kernel axes shared with the input, and with the output), as Keras
+    counts them for the kernel's initializer."""
+    if not isinstance(unit, keras_fa.FAEinsumDense):
+        return glorot_scale(shape)
+    operands, out_spec = unit.equation.split("->")
+    in_spec, kernel_spec = operands.split(",")
+    fan_in = np.prod([n for c, n in zip(kernel_spec, shape) if c in in_spec])
+    fan_out = np.prod([n for c, n in zip(kernel_spec, shape) if c in out_spec])
+    return np.sqrt(2.0 / (fan_in + fan_out))
 
 
 def _mirror_gradient(unit, state, b):

@@ -46,15 +46,19 @@ def registered_names():
     return sorted(_RULES)
 
 
-def glorot_scale(shape):
-    """Returns sqrt(2 / (fan_in + fan_out)) for a Keras kernel shape.
+def kernel_fans(shape):
+    """Returns `(fan_in, fan_out)` of a Keras kernel shape.
 
     Keras kernels are `(*receptive_field, in, out)`; fans count the receptive
     field, as Keras's own variance-scaling initializers do.
     """
     receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
-    fan_in = shape[-2] * receptive
-    fan_out = shape[-1] * receptive
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def glorot_scale(shape):
+    """Returns sqrt(2 / (fan_in + fan_out)) for a Keras kernel shape."""
+    fan_in, fan_out = kernel_fans(shape)
     return math.sqrt(2.0 / (fan_in + fan_out))
 
 

@@ -1,5 +1,9 @@
 """Uniform sign-concordant feedback (Liao, Leibo & Poggio, 2016)."""
 
+import math
+
+from keras import ops
+
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import fixed_feedback_potential
 from keras_fa.feedback.base import glorot_scale
@@ -14,7 +18,9 @@ class UniformSignFeedback(FeedbackRule):
     Args:
         scale: the magnitude of every feedback entry. None (the default) uses
             `sqrt(2 / (fan_in + fan_out))` of the kernel, the standard deviation
-            of Glorot initialisation, as biotorch does.
+            of Glorot initialisation, as biotorch does, with the fans Keras
+            gives the kernel's initializer (`layer.feedback_fans`: for an
+            einsum kernel, its input and output axes).
     """
 
     def __init__(self, scale=None):
@@ -24,8 +30,20 @@ class UniformSignFeedback(FeedbackRule):
             )
         self.scale = None if scale is None else float(scale)
 
+    def feedback_inputs(self, layer):
+        if self.scale is not None:
+            return ()
+        fan_in, fan_out = layer.feedback_fans
+        scale = math.sqrt(2.0 / (fan_in + fan_out))
+        return (ops.convert_to_tensor(scale, dtype=layer.compute_dtype),)
+
     def backward_kernel(self, kernel, *feedback):
-        scale = glorot_scale(kernel.shape) if self.scale is None else self.scale
+        if self.scale is not None:
+            scale = self.scale
+        elif feedback:
+            scale = feedback[0]
+        else:
+            scale = glorot_scale(kernel.shape)
         return sign_times(kernel, scale)
 
     def conservation_potential(self, kernel, backward_kernel):

@@ -114,6 +114,12 @@ class FeedbackMixin:
         kernel = getattr(self, "_kernel", None)
         return tuple((self.kernel if kernel is None else kernel).shape)
 
+    @property
+    def feedback_fans(self):
+        """`(fan_in, fan_out)` of the kernel, as Keras's initializers count
+        them (usf's default scale is the Glorot std from these)."""
+        return feedback_lib.base.kernel_fans(self.kernel_shape_for_feedback)
+
     def _build_feedback(self):
         # With `lora_rank`, the Keras `build` ends in `enable_lora`, which
         # locks the layer's variable tracker; the feedback state comes after.

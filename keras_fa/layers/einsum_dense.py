@@ -1,5 +1,7 @@
 """FAEinsumDense: `keras.layers.EinsumDense` with a feedback rule."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -62,20 +64,32 @@ class FAEinsumDense(FeedbackMixin, keras.layers.EinsumDense):
         in_spec, kernel_spec, out_spec = einsum_specs(
             self.equation, len(input_shape)
         )
+        # Fans from the equation, as EinsumDense takes its kernel's.
+        self._input_axes = [
+            i for i, c in enumerate(kernel_spec) if c in in_spec
+        ]
+        self._output_axes = [
+            i for i, c in enumerate(kernel_spec) if c in out_spec
+        ]
         init = self.feedback_initializer
         if isinstance(init, keras.initializers.VarianceScaling) and (
             init.input_axes is None or init.output_axes is None
         ):
-            # Fans from the equation, as EinsumDense does for its kernel.
             config = init.get_config()
-            config["input_axes"] = [
-                i for i, c in enumerate(kernel_spec) if c in in_spec
-            ]
-            config["output_axes"] = [
-                i for i, c in enumerate(kernel_spec) if c in out_spec
-            ]
+            config["input_axes"] = self._input_axes
+            config["output_axes"] = self._output_axes
             self.feedback_initializer = type(init).from_config(config)
         self._build_feedback()
+
+    @property
+    def feedback_fans(self):
+        """`(fan_in, fan_out)` of the kernel from the equation: the sizes of
+        the kernel axes shared with the input, and with the output."""
+        shape = self.kernel_shape_for_feedback
+        return (
+            math.prod(shape[i] for i in self._input_axes),
+            math.prod(shape[i] for i in self._output_axes),
+        )
 
     def call(self, inputs, training=None):
         x = self._apply_feedback(
