@@ -149,6 +149,13 @@ def _case_id(case):
 
 DEPTHWISE_CASES = _depthwise_cases()
 TRANSPOSE_CASES = _transpose_cases()
+if BACKEND != "torch":
+    # On jax and tensorflow both functions are the backend's own VJP of the
+    # keras op, so a third of the cases (every rank, padding, data format
+    # and step still met) proves the wiring, eager and compiled, at a third
+    # of the compile time; torch's hand-built padding gets every case.
+    DEPTHWISE_CASES = DEPTHWISE_CASES[::3]
+    TRANSPOSE_CASES = TRANSPOSE_CASES[::3]
 
 
 def _input_shape(spatial, channels, data_format):
