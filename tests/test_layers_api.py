@@ -982,15 +982,7 @@ _ATTENTION_FA_CLASSES = (
     "classes",
     [
         [c for c in FA_LAYER_CLASSES if c not in _ATTENTION_FA_CLASSES],
-        pytest.param(
-            _ATTENTION_FA_CLASSES,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="keras_fa/layers/attention.py validates the rule only "
-                "when build() creates the projections (a TypeError from "
-                "FAEinsumDense.from_config there)",
-            ),
-        ),
+        _ATTENTION_FA_CLASSES,
     ],
     ids=("layers", "attention"),
 )
@@ -1240,3 +1232,28 @@ def check_family_trains(family, jit_compile):
     loss = model.fit(x, y, batch_size=8, epochs=8, verbose=0).history["loss"]
     assert np.all(np.isfinite(loss)), (family, loss)
     assert loss[-1] < 0.9 * loss[0], (family, loss)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras_fa.FADepthwiseConv1D(3, seed=0),
+        lambda: keras_fa.FAConv1DTranspose(2, 3, seed=0),
+        lambda: keras_fa.FADense(2, seed=0),
+    ],
+    ids=["depthwise", "transpose", "dense"],
+)
+def test_float32_inputs_to_call_under_a_mixed_policy(make):
+    """`call` reached without `__call__` (a sub-layer's stateless_call) casts
+    float32 inputs to the compute dtype, as `__call__` would."""
+    from tests.gradients import layer_gradients
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    layer = make()
+    shape = (2, 5) if isinstance(layer, keras_fa.FADense) else (2, 9, 2)
+    layer.build(shape)
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    up = np.ones(layer.compute_output_shape(shape), "float32")
+    y, dx, _, _ = layer_gradients(layer, x, up)
+    assert np.isfinite(y.astype("float32")).all()
+    assert np.isfinite(dx.astype("float32")).all() and dx.any()

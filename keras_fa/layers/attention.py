@@ -1,6 +1,8 @@
 """FAMultiHeadAttention and FAGroupQueryAttention: Keras attention layers
 whose projections are feedback layers."""
 
+import types
+
 import keras
 
 from keras_fa import feedback as feedback_lib
@@ -52,6 +54,13 @@ class _FAAttention:
         self.feedback = feedback_lib.get(feedback)
         self._unseeded_feedback_initializer = get_feedback_initializer(
             feedback_initializer
+        )
+        # The projections are made at build time; check the rule's
+        # arguments now, as every other keras_fa layer does.
+        self.feedback.validate(
+            types.SimpleNamespace(
+                feedback_initializer=self._unseeded_feedback_initializer
+            )
         )
 
     def build(self, query_shape, value_shape, key_shape=None):

@@ -134,6 +134,10 @@ class FeedbackMixin:
     def _apply_feedback(self, inputs, forward, feedback_op, **op_kwargs):
         """Runs the forward product with the rule's backward pass."""
         kernel = ops.cast(_value(self.kernel), self.compute_dtype)
+        # As Layer.__call__ casts them; a direct `call` (stateless_call of a
+        # sub-layer) under a mixed policy would otherwise mix dtypes.
+        if keras.backend.standardize_dtype(inputs.dtype) != self.compute_dtype:
+            inputs = ops.cast(inputs, self.compute_dtype)
         if self.feedback.exact or tracing.is_exact():
             outputs = forward(inputs, kernel)
         else:
@@ -205,9 +209,11 @@ class FeedbackMixin:
             value = store[str(start + i)]
             if tuple(value.shape) != tuple(variable.shape):
                 raise ValueError(
-                    f"Layer '{self.name}': the saved {variable.name} has "
+                    f"Layer '{self.name}' (feedback="
+                    f"{self.feedback.name!r}): the saved {variable.name} has "
                     f"shape {tuple(value.shape)}, but this layer needs "
-                    f"{tuple(variable.shape)} (the kernel's shape)."
+                    f"{tuple(variable.shape)}. Was it saved with another "
+                    "feedback rule or layer configuration?"
                 )
         super().load_own_variables(store)
         for i, variable in enumerate(self._feedback_variables()):
