@@ -135,20 +135,17 @@ def feedback_conv(
     kernel gradient from the inputs and delta; `d feedback` as the rule says.
     Arguments after `feedback` are those of `keras.ops.conv`.
     """
-    rank = len(inputs.shape) - 2
-    kwargs = dict(
-        strides=_tuple(strides, rank),
-        padding=padding,
-        dilation_rate=_tuple(dilation_rate, rank),
-        data_format=data_format,
-    )
-    return _feedback_product(
+    return _feedback_conv_product(
         inputs,
         kernel,
         rule,
         feedback,
-        lambda x, w: ops.conv(x, w, **kwargs),
-        lambda x, b, dy: backend.conv_backward(x, b, dy, *kwargs.values()),
+        ops.conv,
+        backend.conv_backward,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
     )
 
 
@@ -171,22 +168,17 @@ def feedback_depthwise_conv(
     `d kernel` is the usual one. Arguments after `feedback` are those of
     `keras.ops.depthwise_conv`.
     """
-    rank = len(inputs.shape) - 2
-    kwargs = dict(
-        strides=_tuple(strides, rank),
-        padding=padding,
-        dilation_rate=_tuple(dilation_rate, rank),
-        data_format=data_format,
-    )
-    return _feedback_product(
+    return _feedback_conv_product(
         inputs,
         kernel,
         rule,
         feedback,
-        lambda x, w: ops.depthwise_conv(x, w, **kwargs),
-        lambda x, b, dy: backend.depthwise_conv_backward(
-            x, b, dy, *kwargs.values()
-        ),
+        ops.depthwise_conv,
+        backend.depthwise_conv_backward,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
     )
 
 
@@ -209,23 +201,18 @@ def feedback_conv_transpose(
     `(*kernel_size, filters, in_channels)`); `d kernel` is the usual one.
     Arguments after `feedback` are those of `keras.ops.conv_transpose`.
     """
-    rank = len(inputs.shape) - 2
-    kwargs = dict(
-        strides=_tuple(strides, rank),
-        padding=padding,
-        output_padding=output_padding,
-        dilation_rate=_tuple(dilation_rate, rank),
-        data_format=data_format,
-    )
-    return _feedback_product(
+    return _feedback_conv_product(
         inputs,
         kernel,
         rule,
         feedback,
-        lambda x, w: ops.conv_transpose(x, w, **kwargs),
-        lambda x, b, dy: backend.conv_transpose_backward(
-            x, b, dy, *kwargs.values()
-        ),
+        ops.conv_transpose,
+        backend.conv_transpose_backward,
+        strides=strides,
+        padding=padding,
+        output_padding=output_padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
     )
 
 
@@ -291,6 +278,24 @@ def _einsum_to(spec_a, a, spec_b, b, target, shape):
     expanded = [i for i, c in enumerate(target) if c not in kept]
     result = ops.expand_dims(result, expanded)
     return ops.broadcast_to(result, tuple(shape))
+
+
+def _feedback_conv_product(
+    inputs, kernel, rule, feedback, forward, backward, **kwargs
+):
+    # The convolutions' common wiring: one set of keyword arguments for the
+    # keras op and its backend backward, with per-axis steps as tuples.
+    rank = len(inputs.shape) - 2
+    kwargs["strides"] = _tuple(kwargs["strides"], rank)
+    kwargs["dilation_rate"] = _tuple(kwargs["dilation_rate"], rank)
+    return _feedback_product(
+        inputs,
+        kernel,
+        rule,
+        feedback,
+        lambda x, w: forward(x, w, **kwargs),
+        lambda x, b, dy: backward(x, b, dy, **kwargs),
+    )
 
 
 def _tuple(value, rank):

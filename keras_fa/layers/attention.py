@@ -1,12 +1,9 @@
 """FAMultiHeadAttention and FAGroupQueryAttention: Keras attention layers
 whose projections are feedback layers."""
 
-import types
-
 import keras
 
-from keras_fa import feedback as feedback_lib
-from keras_fa.layers.base import get_feedback_initializer
+from keras_fa.layers.base import CompositeFeedbackMixin
 from keras_fa.layers.base import layer_seed
 from keras_fa.layers.base import standardize_seed
 from keras_fa.layers.einsum_dense import FAEinsumDense
@@ -47,21 +44,8 @@ _DOC = """
 """
 
 
-class _FAAttention:
+class _FAAttention(CompositeFeedbackMixin):
     """Shared code: swaps the built projections for feedback ones."""
-
-    def _init_feedback_projections(self, feedback, feedback_initializer):
-        self.feedback = feedback_lib.get(feedback)
-        self._unseeded_feedback_initializer = get_feedback_initializer(
-            feedback_initializer
-        )
-        # The projections are made at build time; check the rule's
-        # arguments now, as every other keras_fa layer does.
-        self.feedback.validate(
-            types.SimpleNamespace(
-                feedback_initializer=self._unseeded_feedback_initializer
-            )
-        )
 
     def build(self, query_shape, value_shape, key_shape=None):
         super().build(query_shape, value_shape, key_shape)
@@ -74,10 +58,7 @@ class _FAAttention:
             new = FAEinsumDense.from_config(
                 {
                     **old.get_config(),
-                    "feedback": feedback_lib.serialize(self.feedback),
-                    "feedback_initializer": keras.initializers.serialize(
-                        self._unseeded_feedback_initializer
-                    ),
+                    **self._feedback_config(),
                     "seed": layer_seed(self.seed, i),
                 }
             )
@@ -86,21 +67,6 @@ class _FAAttention:
                 target.assign(source)
             self._tracker.replace_tracked_value("layers", old, new)
             setattr(self, attribute, new)
-
-    def _feedback_config(self):
-        return {
-            "feedback": feedback_lib.serialize(self.feedback),
-            "feedback_initializer": keras.initializers.serialize(
-                self._unseeded_feedback_initializer
-            ),
-        }
-
-    def quantize(self, *args, **kwargs):
-        """Not supported: feedback layers keep full-precision kernels."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not support quantization: its "
-            "backward pass needs the full-precision kernels."
-        )
 
 
 def _forward_weights(layer):
@@ -127,7 +93,7 @@ class FAMultiHeadAttention(_FAAttention, keras.layers.MultiHeadAttention):
         super().__init__(
             num_heads, key_dim, seed=standardize_seed(seed), **kwargs
         )
-        self._init_feedback_projections(feedback, feedback_initializer)
+        self._init_composite_feedback(feedback, feedback_initializer)
 
     def get_config(self):
         return {**super().get_config(), **self._feedback_config()}
@@ -157,7 +123,7 @@ class FAGroupQueryAttention(_FAAttention, keras.layers.GroupQueryAttention):
             seed=standardize_seed(seed),
             **kwargs,
         )
-        self._init_feedback_projections(feedback, feedback_initializer)
+        self._init_composite_feedback(feedback, feedback_initializer)
 
     def get_config(self):
         return {**super().get_config(), **self._feedback_config()}

@@ -1,6 +1,7 @@
 """What every keras_fa layer adds to the Keras layer it replaces."""
 
 import numbers
+import types
 import weakref
 
 import keras
@@ -300,4 +301,38 @@ class FeedbackKernel(FeedbackMixin, keras.layers.Layer):
         raise NotImplementedError(
             "FeedbackKernel is created by the layer that owns the kernel and "
             "is saved with it; it has no config of its own."
+        )
+
+
+class CompositeFeedbackMixin:
+    """The rule, feedback initializer and config of a keras_fa layer whose
+    feedback lives in sub-layers (`FeedbackKernel`s or `FAEinsumDense`
+    projections). Comes before the Keras layer class in the bases."""
+
+    def _init_composite_feedback(self, feedback, feedback_initializer):
+        self.feedback = feedback_lib.get(feedback)
+        self._unseeded_feedback_initializer = get_feedback_initializer(
+            feedback_initializer
+        )
+        # Sub-layers may be made only at build time: check the rule's
+        # arguments now, as every other keras_fa layer does.
+        self.feedback.validate(
+            types.SimpleNamespace(
+                feedback_initializer=self._unseeded_feedback_initializer
+            )
+        )
+
+    def _feedback_config(self):
+        return {
+            "feedback": feedback_lib.serialize(self.feedback),
+            "feedback_initializer": initializers.serialize(
+                self._unseeded_feedback_initializer
+            ),
+        }
+
+    def quantize(self, *args, **kwargs):
+        """Not supported: feedback layers keep full-precision kernels."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support quantization: its "
+            "backward pass needs the full-precision kernels."
         )

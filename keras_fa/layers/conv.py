@@ -33,6 +33,21 @@ _CONV_DOC = """
 """
 
 
+def add_bias_and_activate(layer, outputs):
+    """Adds a convolution layer's bias along its channel axis and applies its
+    activation, as the Keras convolutions do after their product."""
+    if layer.bias is not None:
+        channels = layer.bias.shape[0]
+        if layer.data_format == "channels_last":
+            bias_shape = (1,) * (layer.rank + 1) + (channels,)
+        else:
+            bias_shape = (1, channels) + (1,) * layer.rank
+        outputs = ops.add(outputs, ops.reshape(layer.bias, bias_shape))
+    if layer.activation is not None:
+        return layer.activation(outputs)
+    return outputs
+
+
 class _FAConv(FeedbackMixin):
     """Shared code of the feedback convolutions."""
 
@@ -99,12 +114,4 @@ class FAConv1D(_FAConv, keras.layers.Conv1D):
             inputs = ops.pad(inputs, self._compute_causal_padding())
             padding = "valid"
         outputs = self._conv(inputs, padding)
-        if self.use_bias:
-            if self.data_format == "channels_last":
-                bias_shape = (1,) * (self.rank + 1) + (self.filters,)
-            else:
-                bias_shape = (1, self.filters) + (1,) * self.rank
-            outputs = ops.add(outputs, ops.reshape(self.bias, bias_shape))
-        if self.activation is not None:
-            return self.activation(outputs)
-        return outputs
+        return add_bias_and_activate(self, outputs)

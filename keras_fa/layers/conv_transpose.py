@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from keras_fa.layers.base import FeedbackMixin
+from keras_fa.layers.conv import add_bias_and_activate
 from keras_fa.ops import feedback_conv_transpose
 
 _DOC = """
@@ -69,15 +70,7 @@ class _FAConvTranspose(FeedbackMixin):
             feedback_conv_transpose,
             **op_kwargs,
         )
-        if self.use_bias:
-            if self.data_format == "channels_last":
-                bias_shape = (1,) * (self.rank + 1) + (self.filters,)
-            else:
-                bias_shape = (1, self.filters) + (1,) * self.rank
-            outputs = ops.add(outputs, ops.reshape(self.bias, bias_shape))
-        if self.activation is not None:
-            return self.activation(outputs)
-        return outputs
+        return add_bias_and_activate(self, outputs)
 
     def get_config(self):
         return {**super().get_config(), **self._feedback_config()}

@@ -4,16 +4,17 @@
 import keras
 from keras import ops
 
-from keras_fa import feedback as feedback_lib
+from keras_fa.layers.base import CompositeFeedbackMixin
 from keras_fa.layers.base import FeedbackKernel
-from keras_fa.layers.base import get_feedback_initializer
 from keras_fa.layers.base import standardize_seed
 from keras_fa.ops import feedback_matmul
 from keras_fa.ops import feedback_matmul_transposed
 
 
 @keras.saving.register_keras_serializable(package="keras_fa")
-class FAReversibleEmbedding(keras.layers.ReversibleEmbedding):
+class FAReversibleEmbedding(
+    CompositeFeedbackMixin, keras.layers.ReversibleEmbedding
+):
     """Reversible embedding whose reverse projection follows a feedback rule.
 
     The forward pass is that of `keras.layers.ReversibleEmbedding`. Looking
@@ -52,10 +53,7 @@ class FAReversibleEmbedding(keras.layers.ReversibleEmbedding):
         **kwargs,
     ):
         super().__init__(input_dim, output_dim, **kwargs)
-        self.feedback = feedback_lib.get(feedback)
-        self._unseeded_feedback_initializer = get_feedback_initializer(
-            feedback_initializer
-        )
+        self._init_composite_feedback(feedback, feedback_initializer)
         self.seed = standardize_seed(seed)
         self.reverse_feedback = FeedbackKernel(
             self,
@@ -95,16 +93,6 @@ class FAReversibleEmbedding(keras.layers.ReversibleEmbedding):
     def get_config(self):
         return {
             **super().get_config(),
-            "feedback": feedback_lib.serialize(self.feedback),
-            "feedback_initializer": keras.initializers.serialize(
-                self._unseeded_feedback_initializer
-            ),
+            **self._feedback_config(),
             "seed": self.seed,
         }
-
-    def quantize(self, *args, **kwargs):
-        """Not supported: feedback layers keep full-precision kernels."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not support quantization: its "
-            "backward pass needs the full-precision kernel."
-        )

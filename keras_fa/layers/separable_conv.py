@@ -6,11 +6,11 @@ import functools
 import keras
 from keras import ops
 
-from keras_fa import feedback as feedback_lib
+from keras_fa.layers.base import CompositeFeedbackMixin
 from keras_fa.layers.base import FeedbackKernel
-from keras_fa.layers.base import get_feedback_initializer
 from keras_fa.layers.base import layer_seed
 from keras_fa.layers.base import standardize_seed
+from keras_fa.layers.conv import add_bias_and_activate
 from keras_fa.ops import feedback_conv
 from keras_fa.ops import feedback_depthwise_conv
 
@@ -49,7 +49,7 @@ _DOC = """
 """
 
 
-class _FASeparableConv:
+class _FASeparableConv(CompositeFeedbackMixin):
     """Shared code of the feedback separable convolutions."""
 
     def __init__(
@@ -62,10 +62,7 @@ class _FASeparableConv:
         **kwargs,
     ):
         super().__init__(filters, kernel_size, **kwargs)
-        self.feedback = feedback_lib.get(feedback)
-        self._unseeded_feedback_initializer = get_feedback_initializer(
-            feedback_initializer
-        )
+        self._init_composite_feedback(feedback, feedback_initializer)
         self.seed = standardize_seed(seed)
         common = dict(
             feedback=self.feedback,
@@ -124,32 +121,14 @@ class _FASeparableConv:
             feedback_conv,
             **pointwise_kwargs,
         )
-        if self.use_bias:
-            if self.data_format == "channels_last":
-                bias_shape = (1,) * (self.rank + 1) + (self.filters,)
-            else:
-                bias_shape = (1, self.filters) + (1,) * self.rank
-            outputs = ops.add(outputs, ops.reshape(self.bias, bias_shape))
-        if self.activation is not None:
-            return self.activation(outputs)
-        return outputs
+        return add_bias_and_activate(self, outputs)
 
     def get_config(self):
         return {
             **super().get_config(),
-            "feedback": feedback_lib.serialize(self.feedback),
-            "feedback_initializer": keras.initializers.serialize(
-                self._unseeded_feedback_initializer
-            ),
+            **self._feedback_config(),
             "seed": self.seed,
         }
-
-    def quantize(self, *args, **kwargs):
-        """Not supported: feedback layers keep full-precision kernels."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not support quantization: its "
-            "backward pass needs the full-precision kernels."
-        )
 
 
 @keras.saving.register_keras_serializable(package="keras_fa")
