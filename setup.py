@@ -53,10 +53,14 @@ TEST = [
     "tensorboard",
 ]
 PLOTS = ["matplotlib"]
+# KerasHub models (GPT-2, BERT...) converted by keras_fa; it needs keras 3.15.
+# With tensorflow-cpu, install it as requirements-hub.txt says (--no-deps).
+HUB = ["keras-hub>=0.32", "keras>=3.15"]
 SKLEARN = ["scikit-learn>=1.6"]
 EXTRAS = {
     **BACKENDS,
     "data": DATA,
+    "hub": HUB,
     "plots": PLOTS,
     "sklearn": SKLEARN,
     "test": TEST,

@@ -13,6 +13,10 @@ from keras_fa.layers import is_feedback_layer
 from keras_fa.layers.base import get_feedback_initializer
 from keras_fa.layers.base import layer_seed
 from keras_fa.layers.base import standardize_seed
+from keras_fa.layers.converted import ConvertedLayer
+from keras_fa.layers.converted import convert_layer
+from keras_fa.layers.converted import like_kernel
+from keras_fa.layers.converted import replaceable_sublayers
 from keras_fa.summary import check_model
 from keras_fa.summary import is_graph_model
 from keras_fa.summary import kernels
@@ -56,7 +60,13 @@ def convert(
         feedback: the rule of the replaced layers: a name (`"fa"`, `"bp"`,
             `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`), a config dict or a
             `keras_fa.feedback.FeedbackRule`.
-        feedback_initializer: initializer of the new feedback weights.
+        feedback_initializer: initializer of the new feedback weights, or
+            `"kernel"`: each layer's feedback weights are drawn like its
+            forward kernel (its `kernel_initializer`, reseeded), so B and W
+            start at one scale. Models that initialize small (GPT-2's
+            N(0, 0.02)) learn far better by fa with `"kernel"` than with
+            the default Glorot B, whose error signals then dwarf the
+            residual stream's.
         seed: integer seed (negative ones too, taken modulo 2**31); layer
             i, counting every layer of the model in order, gets `seed + i`.
             None draws from Keras's global random state.
@@ -85,7 +95,10 @@ def convert(
             "code instead."
         )
     rule = _get_rule(feedback)
-    initializer = get_feedback_initializer(feedback_initializer)
+    like_kernel = feedback_initializer == KERNEL
+    initializer = get_feedback_initializer(
+        "glorot_uniform" if like_kernel else feedback_initializer
+    )
     seed = standardize_seed(seed)
     if not isinstance(strict, bool):
         raise ValueError(
@@ -111,7 +124,9 @@ def convert(
             return _clone_operation(operation)
         config = dict(
             feedback=feedback_lib.serialize(rule),
-            feedback_initializer=keras.initializers.serialize(initializer),
+            feedback_initializer=KERNEL
+            if like_kernel
+            else keras.initializers.serialize(initializer),
             seed=layer_seed(seed, len(copies)),
         )
         new, replaced = _clone_layer(operation, config)
@@ -123,6 +138,8 @@ def convert(
     )
     for old, new, replaced in copies:
         _copy_weights(old, new, replaced)
+    if _shared_across_models(new_model):
+        new_model = _inline_models(new_model)
     if left_on_backprop:
         warnings.warn(
             left_on_backprop + "Pass strict=True to make this an error; "
@@ -130,6 +147,65 @@ def convert(
             stacklevel=2,
         )
     return new_model
+
+
+#: The `feedback_initializer` of `convert` that draws each layer's
+#: feedback weights like its forward kernel.
+KERNEL = "kernel"
+
+
+def _shared_across_models(model):
+    """Whether a layer of `model` is called in two of the graph models that
+    make it (a tied embedding: in a backbone and in the task's head)."""
+    owners = {}
+
+    def visit(graph_model):
+        for layer in graph_model.layers:
+            owners.setdefault(id(layer), set()).add(id(graph_model))
+            if is_graph_model(layer):
+                visit(layer)
+
+    visit(model)
+    return any(len(models) > 1 for models in owners.values())
+
+
+def _inline_models(model):
+    """Returns a functional model of the same layers with the graph models
+    called in `model` inlined.
+
+    Keras saves a layer shared by two nested models twice and loads it as
+    two layers, untying it; in one graph it is saved once. Kernel paths
+    then start at the inlined layers ("transformer_layer_0/..." for
+    "gpt2_backbone/transformer_layer_0/...").
+    """
+
+    def operation_fn(operation):
+        if not is_graph_model(operation):
+            return operation
+        inner = operation
+        if isinstance(operation, keras.Sequential):
+            inner = operation._functional
+
+        def call(inputs, *args, **kwargs):
+            inputs = inner._standardize_inputs(inputs)
+            return inner._run_through_graph(inputs, operation_fn=operation_fn)
+
+        return call
+
+    new_inputs = [
+        keras.Input(
+            batch_shape=tensor.shape,
+            dtype=tensor.dtype,
+            name=tensor._keras_history.operation.name,
+        )
+        for tensor in model.inputs
+    ]
+    outputs = model._run_through_graph(new_inputs, operation_fn=operation_fn)
+    inputs = keras.tree.pack_sequence_as(model._inputs_struct, new_inputs)
+    inlined = keras.Model(inputs, outputs, name=model.name)
+    if model.compiled:
+        inlined.compile_from_config(model.get_compile_config())
+    return inlined
 
 
 def _get_rule(feedback):
@@ -164,13 +240,19 @@ def _clone_layer(layer, feedback_config):
     if target is not None and type(layer) is keras.layers.TimeDistributed:
         config = layer.get_config()
         config.pop("layer")
+        inner_config = layer.layer.get_config()
         inner = target.from_config(
-            {**layer.layer.get_config(), **feedback_config}
+            {**inner_config, **like_kernel(feedback_config, inner_config)}
         )
         return keras.layers.TimeDistributed(inner, **config), True
     if target is not None:
-        config = {**layer.get_config(), **feedback_config}
+        config = layer.get_config()
+        config.update(like_kernel(feedback_config, config))
         return target.from_config(config), True
+    if _converts_inside(layer):
+        return _from_config(
+            layer, lambda: convert_layer(layer, **feedback_config)
+        ), True
     if type(layer) is keras.layers.Lambda:
         # Its config holds the function as bytecode, which Keras refuses to
         # load in safe mode; the copy takes the function itself.
@@ -192,7 +274,21 @@ def _clone_layer(layer, feedback_config):
             "`get_config` (and `from_config` if needed), or use keras_fa "
             "layers in its code and build the model with them."
         ) from error
-    return type(layer).from_config(config), False
+    return _from_config(layer, lambda: type(layer).from_config(config)), False
+
+
+def _from_config(layer, make):
+    # A layer whose config does not fit its __init__ (KerasHub 0.32's
+    # ViTPatchingAndEmbedding) cannot be copied: say which, and why.
+    try:
+        return make()
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"keras_fa.convert cannot copy the layer '{layer.name}' "
+            f"({type(layer).__name__}) from its config: {error} "
+            "(keras.models.clone_model fails on it the same way; its "
+            "`get_config` must give what its `__init__` takes.)"
+        ) from error
 
 
 def _clone_operation(operation):
@@ -202,6 +298,18 @@ def _clone_operation(operation):
         return type(operation).from_config(operation.get_config())
     except (NotImplementedError, TypeError, ValueError):
         return operation
+
+
+def _converts_inside(layer):
+    """Whether `layer`, which has no keras_fa version, is converted by
+    replacing the Keras layers inside it (see `keras_fa.layers.converted`).
+    Models inside a model are not: graph models are rebuilt layer by layer,
+    subclassed ones are copied and named."""
+    if isinstance(layer, keras.Model):
+        return False
+    return isinstance(layer, ConvertedLayer) or bool(
+        replaceable_sublayers(layer)
+    )
 
 
 def _forward_weights(layer):
@@ -244,9 +352,19 @@ def _left_on_backprop(model):
             continue
         if _replacement(kernel.top) is not None:
             continue
-        key = id(kernel.top)
-        if key not in layers:
-            layers[key] = (kernel.top, kernel.top_path, [])
+        inside = kernel.layer is not kernel.top
+        if inside and _converts_inside(kernel.top):
+            if type(kernel.layer) in REPLACEMENTS:
+                continue
+            # Kept on backprop inside a layer whose other kernels convert.
+            key = id(kernel.layer)
+            if key not in layers:
+                path = kernel.path.rsplit("/", 1)[0]
+                layers[key] = (kernel.layer, path, [])
+        else:
+            key = id(kernel.top)
+            if key not in layers:
+                layers[key] = (kernel.top, kernel.top_path, [])
         layers[key][2].append(kernel.path)
     if not layers:
         return ""
@@ -286,7 +404,13 @@ def _why(layer):
                 "something else, so convert does not replace it; derive it "
                 f"from keras_fa.{fa_class.__name__} instead."
             )
+    if _converts_inside(layer):
+        return (
+            f"keras_fa has no version of {name}: convert puts the Keras "
+            "layers inside it on the rule, but not the kernels it uses "
+            "itself; use keras_fa layers or ops in its code."
+        )
     return (
-        f"keras_fa has no version of {name}, and convert does not replace "
-        "layers inside it; use keras_fa layers in its code."
+        f"keras_fa has no version of {name}, and it holds no Keras layer "
+        "that convert could replace; use keras_fa layers in its code."
     )

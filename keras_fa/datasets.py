@@ -89,6 +89,101 @@ def load_digits(test_fraction=0.25, seed=0):
     return (x_train, y_train), (x_test, y_test)
 
 
+#: The standard-library modules whose docstrings form `load_stdlib_text`'s
+#: corpus: English prose that ships with every Python.
+STDLIB_TEXT_MODULES = (
+    "argparse",
+    "collections",
+    "csv",
+    "dataclasses",
+    "functools",
+    "itertools",
+    "json",
+    "logging",
+    "pathlib",
+    "re",
+    "string",
+    "textwrap",
+    "unittest",
+)
+
+
+def stdlib_text():
+    """Returns the docstrings of `STDLIB_TEXT_MODULES` (of each module and
+    of its public classes and functions) as one printable-ASCII string."""
+    import importlib
+    import inspect
+
+    parts = []
+    for name in STDLIB_TEXT_MODULES:
+        module = importlib.import_module(name)
+        members = [module] + [
+            value
+            for key, value in sorted(vars(module).items())
+            if not key.startswith("_")
+            and (inspect.isclass(value) or inspect.isfunction(value))
+        ]
+        for member in members:
+            doc = inspect.getdoc(member)
+            if doc:
+                parts.append(doc)
+    text = "\n\n".join(parts)
+    return "".join(c if 32 <= ord(c) < 127 or c == "\n" else " " for c in text)
+
+
+def load_stdlib_text(sequence_length=32, test_fraction=0.1):
+    """Loads a character-level language-modelling task that needs no
+    network: the docstrings of Python's standard library (`stdlib_text`).
+
+    Characters are mapped to ids in `[0, 96)`: printable ASCII (32-126) to
+    `ord(c) - 32 + 1`, newline to 0. The text is cut into windows of
+    `sequence_length + 1` characters, one after the other; each gives an
+    input (its first `sequence_length` ids) and a target (the next id at
+    every position). The last `test_fraction` of the windows is the test
+    set. The corpus depends on the Python version (its docstrings).
+
+    Args:
+        sequence_length: characters per example, an int >= 2.
+        test_fraction: the fraction of windows put in the test set, in
+            `(0, 1)`.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`: int32 arrays of shape
+        `(n, sequence_length)`, targets shifted by one character.
+
+    Example:
+
+    >>> (x, y), _ = keras_fa.datasets.load_stdlib_text(sequence_length=64)
+    >>> x.shape[1], int(x.max()) < 96
+    (64, True)
+    """
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, int)
+        or sequence_length < 2
+    ):
+        raise ValueError(
+            "`sequence_length` must be an int >= 2. Received: "
+            f"sequence_length={sequence_length!r}"
+        )
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(
+            "`test_fraction` must be between 0 and 1 (exclusive). "
+            f"Received: test_fraction={test_fraction}"
+        )
+    codes = np.frombuffer(stdlib_text().encode("ascii"), dtype=np.uint8)
+    ids = np.where(codes == 10, 0, codes.astype(np.int32) - 31)
+    windows = len(ids) // (sequence_length + 1)
+    ids = ids[: windows * (sequence_length + 1)].reshape(windows, -1)
+    x, y = ids[:, :-1], ids[:, 1:]
+    n_test = max(1, int(round(windows * test_fraction)))
+    return (x[:-n_test], y[:-n_test]), (x[-n_test:], y[-n_test:])
+
+
+#: The number of ids of `load_stdlib_text`: newline and printable ASCII.
+STDLIB_TEXT_VOCABULARY = 96
+
+
 def load_mnist1d(seed=MNIST1D_STANDARD_SEED):
     """Generates the MNIST-1D data set (Greydanus & Kobak, 2020).
 

@@ -161,7 +161,24 @@ def _own_kernels(layer, feedback_ids):
     ]
 
 
+#: Weights of other libraries' layers (by module and class name) that are
+#: added to or stacked with the activations, never multiplied with the
+#: layer's input: position tables, class tokens. They receive no input
+#: gradient, so they train the same under every rule.
+INPUT_FREE_WEIGHTS = {
+    "keras_hub.src.layers.modeling.position_embedding.PositionEmbedding": (
+        "embeddings",
+    ),
+    "keras_hub.src.models.vit.vit_layers.ViTPatchingAndEmbedding": (
+        "class_token",
+    ),
+}
+
+
 def _is_lookup(layer, variable):
+    name = f"{type(layer).__module__}.{type(layer).__name__}"
+    if variable.name in INPUT_FREE_WEIGHTS.get(name, ()):
+        return True
     return (
         type(layer) in LOOKUP_LAYERS
         and variable is layer.embeddings
