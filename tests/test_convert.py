@@ -9,6 +9,7 @@ from keras import ops
 
 import keras_fa
 from keras_fa.layers import REPLACEMENTS
+from tests.gradients import layer_gradients
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp")
 
@@ -705,3 +706,95 @@ def test_weights_that_do_not_fit_their_copy_name_the_layer():
     message = str(info.value)
     assert "layer 'forgetful' (Forgetful -> Forgetful)" in message
     assert "shape (4, 3)" in message and "shape (4, 2)" in message
+
+
+# ---------------------------------------------------------------------------
+# Layers keras_fa has no version of, made of Keras layers it has: the layers
+# inside go on the rule (keras_fa.layers.converted).
+
+
+@keras.saving.register_keras_serializable(package="keras_fa_tests")
+class TwoDense(keras.layers.Layer):
+    """A custom block: relu(x W1) W2, its Dense layers in a list."""
+
+    def __init__(self, units=3, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.stack = [
+            keras.layers.Dense(units, activation="relu", name="first"),
+            keras.layers.Dense(units, name="second"),
+        ]
+
+    def call(self, x):
+        for layer in self.stack:
+            x = layer(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_converted_custom_layer_sends_the_error_through_b(compiled):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, TwoDense(name="block")(inputs))
+    converted, messages = convert_warnings(model, feedback="fa", seed=3)
+    assert messages == []
+    block = converted.get_layer("block")
+    assert isinstance(block, TwoDense) and type(block) is not TwoDense
+    first, second = block.stack
+    assert type(first) is type(second) is keras_fa.FADense
+    # Layer 0 of the model gets seed 3; inner layer k, 3 + k (as attention).
+    assert [first.seed, second.seed] == [3, 4]
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    up = np.random.default_rng(1).normal(size=(5, 3)).astype("float32")
+    out, dx, grads, _ = layer_gradients(block, x, up, compiled)
+    w1, b1 = numpy(first.kernel), numpy(first.bias)
+    w2 = numpy(second.kernel)
+    b1_fb, b2_fb = numpy(first.feedback_kernel), numpy(second.feedback_kernel)
+    h = np.maximum(x @ w1 + b1, 0.0)
+    np.testing.assert_allclose(out, h @ w2 + numpy(second.bias), atol=1e-5)
+    # The error crosses each Dense by its B, not its W (B has W's shape).
+    delta_h = (up @ b2_fb.T) * (h > 0)
+    np.testing.assert_allclose(dx, delta_h @ b1_fb.T, atol=1e-5)
+    np.testing.assert_allclose(grads[first.kernel.path], x.T @ delta_h, 1e-5)
+    np.testing.assert_allclose(grads[second.kernel.path], h.T @ up, 1e-5)
+    assert not np.allclose(dx, ((up @ w2.T) * (h > 0)) @ w1.T, atol=1e-3)
+
+
+def test_a_converted_custom_layer_saves_and_loads_exactly(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, TwoDense(name="block")(inputs))
+    converted = keras_fa.convert(model, feedback="kp", seed=0)
+    path = str(tmp_path / "custom.keras")
+    converted.save(path)
+    loaded = keras.models.load_model(path)
+    block = loaded.get_layer("block")
+    assert isinstance(block, TwoDense)
+    assert [layer.feedback.name for layer in block.stack] == ["kp", "kp"]
+    for a, b in zip(converted.weights, loaded.weights):
+        assert a.path == b.path
+        np.testing.assert_array_equal(numpy(a), numpy(b))
+    # Converting the converted model again changes its rule.
+    again = keras_fa.convert(loaded, feedback="usf")
+    rules = {row.rule for row in keras_fa.feedback_summary(again, None)}
+    assert rules == {"usf"}
+
+
+def test_feedback_initializer_kernel_draws_b_like_each_kernel():
+    inputs = keras.Input((64,))
+    x = keras.layers.Dense(
+        64, kernel_initializer=keras.initializers.RandomNormal(stddev=0.02)
+    )(inputs)
+    x = TwoDense(64, name="block")(x)
+    model = keras.Model(inputs, x)
+    converted = keras_fa.convert(model, "fa", feedback_initializer="kernel")
+    dense = converted.layers[1]
+    assert 0.015 < np.std(numpy(dense.feedback_kernel)) < 0.025
+    for inner in converted.get_layer("block").stack:
+        # Dense's default kernel initializer: Glorot uniform.
+        np.testing.assert_allclose(
+            np.std(numpy(inner.feedback_kernel)), np.sqrt(1 / 64), rtol=0.15
+        )
+    with pytest.raises(ValueError, match="feedback_initializer"):
+        keras_fa.convert(model, "fa", feedback_initializer="kernels")
