@@ -10,15 +10,31 @@ output error):
   them with `BlockGradient`, so no error travels through a forward weight;
 - one `DirectFeedback` layer at the output takes `[logits, *taps]` and returns
   the logits; its custom gradient returns the error e for the logits and, for
-  each tap, e B_l reshaped to the tap's shape (dfa), the one-hot target y* B_l
-  scaled like e (drtp, added by `DirectFeedbackModel.compute_loss`, where the
+  each tap, e B_l shaped like the tap (dfa), the one-hot target y* B_l scaled
+  like e (drtp, added by `DirectFeedbackModel.compute_loss`, where the
   targets are known), or nothing (shallow).
 
 Autodiff then multiplies by f'(a_l) and forms each layer's local weight
 gradient, whatever the hidden layer is (Dense, convolution, pooling,
-normalization, keras_fa layers).
+normalization, attention, keras_fa layers).
+
+Shapes. The logits have shape `(batch, *positions, classes)`: `(batch,
+classes)` for a classifier, `(batch, time, classes)` for a language model.
+A tap of shape `(batch, *positions, features)`, with the logits' positions,
+gets the signal position by position, `d tap[b, t] = e[b, t] B_l` with B_l
+of shape `(classes, features)` (as in Launay et al., 2020, for
+transformers): its memory is classes x features, whatever the sequence
+length. Any other tap (a convolution's feature map under a classifier, a
+pooled vector under a language model) gets the flattened projection: e as
+`(batch, prod(positions) * classes)` times B_l of shape
+`(prod(positions) * classes, prod(tap shape))`. For `(batch, classes)`
+logits and a `(batch, features)` tap both read the same.
+
+`direct_feedback(model, rule, taps=...)` builds such a model from any
+Sequential or functional Keras model (KerasHub task models too).
 """
 
+import collections
 import math
 
 import keras
@@ -33,13 +49,28 @@ from keras_fa.layers.base import standardize_seed
 DIRECT_RULES = ("dfa", "drtp", "shallow")
 
 
+def _check_rule(feedback):
+    if not isinstance(feedback, str) or feedback.lower() not in DIRECT_RULES:
+        raise ValueError(
+            f"Unknown direct feedback rule {feedback!r}. Allowed: "
+            f"{', '.join(DIRECT_RULES)}. (Layer-wise rules such as 'fa' "
+            "go to the layers: keras_fa.FADense(..., feedback='fa').)"
+        )
+    return feedback.lower()
+
+
 @keras.saving.register_keras_serializable(package="keras_fa")
 class BlockGradient(keras.layers.Layer):
     """Identity in the forward pass; passes no gradient backwards.
 
     Put it after each tapped hidden activation of a direct-feedback model, so
-    the layers below learn only from their direct feedback.
+    the layers below learn only from their direct feedback. Keras masks
+    pass through it.
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
 
     def call(self, inputs):
         # Alignment measures probe the tapped activation here too: under
@@ -58,17 +89,42 @@ class _Scratch:
     taps = None
 
 
+def _compatible(a, b):
+    return len(a) == len(b) and all(
+        x is None or y is None or x == y for x, y in zip(a, b)
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_fa")
 class DirectFeedback(keras.layers.Layer):
     """The output end of a direct-feedback model.
 
-    Called on `[logits, tap_1, ..., tap_L]`, it returns `logits` unchanged. In
-    the backward pass the logits receive their true gradient e; tap l receives
-    `e B_l` (dfa), `y* B_l / batch_size` (drtp) or nothing (shallow), reshaped
-    to the tap's shape. B_l has shape `(n_outputs, tap size)` and is fixed.
+    Called on `[logits, tap_1, ..., tap_L]`, it returns `logits` unchanged
+    (with their Keras mask, if any). In the backward pass the logits receive
+    their true gradient e; tap l receives `e B_l` (dfa), the one-hot targets
+    `y* B_l` divided by the number of predictions (drtp) or nothing
+    (shallow). The B_l are fixed (non-trainable weights, saved with the
+    model).
+
+    Shapes: the logits are `(batch, *positions, classes)`, e.g. `(batch,
+    classes)` or `(batch, time, classes)`. A tap of shape `(batch,
+    *positions, features)` with the logits' positions (None matches any
+    length) is fed position by position: `d tap[b, t] = e[b, t] B_l`, B_l of
+    shape `(classes, features)`, so memory does not grow with the sequence
+    length. Every other tap gets the flattened projection: e reshaped to
+    `(batch, prod(positions) * classes)` times B_l of shape
+    `(prod(positions) * classes, prod(tap.shape[1:]))`, which needs every
+    dimension known. With `(batch, classes)` logits a `(batch, features)`
+    tap has B_l of shape `(classes, features)` either way.
 
     drtp needs the targets, which only the loss sees: use it in a
     `keras_fa.DirectFeedbackModel` (as `keras_fa.direct_feedback` builds).
+    Its targets are integer labels of shape `(batch, *positions)` (or with
+    a trailing 1) or one-hot `(batch, *positions, classes)`; the signal at
+    each position is `y*_t B_l / (batch * prod(positions))`, the scale a
+    mean loss gives e, times the position's `sample_weight` (of shape
+    `(batch,)` or `(batch, *positions)`) when there is one. drtp does not
+    read Keras masks: give padding a sample weight of 0.
 
     Args:
         feedback: `"dfa"` (default), `"drtp"` or `"shallow"`.
@@ -86,6 +142,14 @@ class DirectFeedback(keras.layers.Layer):
     >>> logits = keras.layers.Dense(10)(keras_fa.BlockGradient()(h2))
     >>> outputs = keras_fa.DirectFeedback("dfa")([logits, h1, h2])
     >>> model = keras_fa.DirectFeedbackModel(inputs, outputs)
+
+    A language-model head, one B_l of shape `(vocabulary, d)` per block:
+
+    >>> tokens = keras.Input((None,), dtype="int32")
+    >>> h = keras.layers.Embedding(1000, 64)(tokens)
+    >>> h1 = keras.layers.Dense(64, activation="gelu")(h)
+    >>> logits = keras.layers.Dense(1000)(keras_fa.BlockGradient()(h1))
+    >>> outputs = keras_fa.DirectFeedback("dfa")([logits, h1])
     """
 
     def __init__(
@@ -96,22 +160,15 @@ class DirectFeedback(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if (
-            not isinstance(feedback, str)
-            or feedback.lower() not in DIRECT_RULES
-        ):
-            raise ValueError(
-                f"Unknown direct feedback rule {feedback!r}. Allowed: "
-                f"{', '.join(DIRECT_RULES)}. (Layer-wise rules such as 'fa' "
-                "go to the layers: keras_fa.FADense(..., feedback='fa').)"
-            )
-        self.feedback = feedback.lower()
+        self.feedback = _check_rule(feedback)
         self.seed = standardize_seed(seed)
         self._unseeded_feedback_initializer = get_feedback_initializer(
             feedback_initializer
         )
         self._scratch = _Scratch()
         self.feedback_kernels = []
+        # Per tap: whether it is fed position by position (set by build).
+        self._per_position = []
 
     def _initializer(self, index):
         return reseeded(
@@ -126,24 +183,45 @@ class DirectFeedback(keras.layers.Layer):
                 "DirectFeedback is called on a list [logits, tap_1, ...]. "
                 f"Received a single input of shape {input_shape}."
             )
-        logits_shape, *tap_shapes = input_shape
-        if len(logits_shape) != 2 or logits_shape[-1] is None:
+        logits_shape, *tap_shapes = (tuple(s) for s in input_shape)
+        if len(logits_shape) < 2 or logits_shape[-1] is None:
             raise ValueError(
                 "The logits given to DirectFeedback must have shape "
-                f"(batch, n_outputs). Received: {logits_shape}."
+                "(batch, classes) or (batch, *positions, classes), with the "
+                f"classes known. Received: {logits_shape}."
             )
         n_out = logits_shape[-1]
+        positions = logits_shape[1:-1]
         self.feedback_kernels = []
+        self._per_position = []
         for i, shape in enumerate(tap_shapes):
-            if any(d is None for d in shape[1:]):
-                raise ValueError(
-                    f"Tap {i} of DirectFeedback has an unknown dimension: "
-                    f"{shape}. Every tap needs a known shape after the batch."
+            per_position = (
+                len(shape) >= 2
+                and shape[-1] is not None
+                and _compatible(shape[1:-1], positions)
+            )
+            if per_position:
+                kernel_shape = (n_out, shape[-1])
+            elif all(d is not None for d in positions + shape[1:]):
+                kernel_shape = (
+                    math.prod(positions) * n_out,
+                    math.prod(shape[1:]),
                 )
+            else:
+                raise ValueError(
+                    f"Tap {i} of DirectFeedback has shape {shape}, and the "
+                    f"logits {logits_shape}. A tap is fed position by "
+                    "position when it has the logits' positions, shape "
+                    f"{('batch', *positions, 'features')}; otherwise "
+                    "through the flattened logits, which needs every "
+                    "dimension of the tap and of the logits' positions "
+                    "known."
+                )
+            self._per_position.append(per_position)
             self.feedback_kernels.append(
                 self.add_weight(
                     name=f"feedback_kernel_{i}",
-                    shape=(n_out, math.prod(shape[1:])),
+                    shape=kernel_shape,
                     initializer=self._initializer(i),
                     trainable=False,
                 )
@@ -165,6 +243,7 @@ class DirectFeedback(keras.layers.Layer):
             for b in self.feedback_kernels
         ]
         shapes = [tuple(t.shape[1:]) for t in taps]
+        per_position = list(self._per_position)
         n = len(taps)
 
         @ops.custom_gradient
@@ -172,8 +251,10 @@ class DirectFeedback(keras.layers.Layer):
             def grad(*upstreams, upstream=None):
                 e = upstreams[0] if upstream is None else upstream
                 d_taps = tuple(
-                    ops.reshape(ops.matmul(e, b), (-1, *shape))
-                    for b, shape in zip(args[n:], shapes)
+                    ops.cast(_project(e, b, per, shape), tap.dtype)
+                    for tap, b, per, shape in zip(
+                        args[:n], args[n:], per_position, shapes
+                    )
                 )
                 return (e, *d_taps, *(None for _ in range(n)))
 
@@ -181,40 +262,66 @@ class DirectFeedback(keras.layers.Layer):
 
         return project(logits, *taps, *kernels)
 
-    def target_loss(self, y, logits, sample_weight=None):
-        """Returns drtp's surrogate loss: value 0, gradient `y* B_l / N` at
-        each tap. Zero for other rules.
+    def compute_mask(self, inputs, previous_mask=None):
+        # The logits' mask, so that the loss sees what it would without us.
+        if isinstance(previous_mask, (list, tuple)):
+            return previous_mask[0]
+        return previous_mask
 
-        With `sample_weight`, each example's signal is weighted like its
-        loss, `s_n y*_n B_l / N` (a weight of 0 removes the example)."""
+    def _targets(self, y, logits):
+        """The targets y* as `(batch, *positions, classes)`."""
+        n_out = logits.shape[-1]
+        rank = len(logits.shape)
+        y = ops.convert_to_tensor(y)
+        shape = tuple(y.shape)
+        if len(shape) == rank and shape[-1] == n_out:
+            return ops.cast(y, logits.dtype)
+        if len(shape) == rank and shape[-1] == 1:
+            shape = shape[:-1]
+        if not _compatible(shape, tuple(logits.shape[:-1])):
+            raise ValueError(
+                "drtp needs targets y of shape (batch, *positions) (integer "
+                "labels, also with a trailing 1) or (batch, *positions, "
+                f"classes) (one-hot); the logits have shape {logits.shape}. "
+                f"Received y of shape {tuple(y.shape)}."
+            )
+        labels = ops.reshape(ops.cast(y, "int32"), (-1,))
+        target = ops.one_hot(labels, n_out, dtype=logits.dtype)
+        return ops.reshape(target, ops.shape(logits))
+
+    def target_loss(self, y, logits, sample_weight=None):
+        """Returns drtp's surrogate loss: value 0, gradient the drtp signal
+        at each tap. Zero for other rules.
+
+        The signal is `y* B_l / M`, position by position or flattened like
+        dfa's (see the class docstring), where M = batch x positions is the
+        number of predictions, the scale a mean loss gives e. With
+        `sample_weight` (shape `(batch,)` or `(batch, *positions)`) each
+        position's signal is weighted like its loss, `s y* B_l / M` (a
+        weight of 0 removes it)."""
         taps = self._scratch.taps
         if self.feedback != "drtp" or not taps or tracing.is_exact():
             return ops.zeros((), dtype="float32")
-        n_out = logits.shape[-1]
-        y = ops.convert_to_tensor(y)
-        if len(y.shape) == len(logits.shape) and y.shape[-1] == n_out:
-            target = ops.cast(y, logits.dtype)
-        else:
-            target = ops.one_hot(
-                ops.reshape(ops.cast(y, "int32"), (-1,)),
-                n_out,
-                dtype=logits.dtype,
-            )
+        target = self._targets(y, logits)
         if sample_weight is not None:
             weight = ops.cast(
                 ops.convert_to_tensor(sample_weight), target.dtype
             )
-            target = target * ops.reshape(weight, (-1, 1))
-        batch = ops.cast(ops.shape(logits)[0], logits.dtype)
+            for _ in range(len(target.shape) - len(weight.shape)):
+                weight = ops.expand_dims(weight, -1)
+            target = target * weight
+        count = ops.prod(
+            ops.convert_to_tensor(ops.shape(logits)[:-1], dtype="int32")
+        )
         total = ops.zeros((), dtype=logits.dtype)
-        for tap, b in zip(taps, self.feedback_kernels):
-            signal = ops.stop_gradient(
-                ops.reshape(
-                    ops.matmul(target, ops.cast(b, tap.dtype)),
-                    ops.shape(tap),
-                )
-                / ops.cast(batch, tap.dtype)
+        for tap, b, per in zip(taps, self.feedback_kernels, self._per_position):
+            signal = _project(
+                ops.cast(target, tap.dtype),
+                ops.cast(b, tap.dtype),
+                per,
+                ops.shape(tap)[1:],
             )
+            signal = ops.stop_gradient(signal / ops.cast(count, tap.dtype))
             term = ops.cast(ops.sum(tap * signal), logits.dtype)
             total = total + term - ops.stop_gradient(term)
         return ops.cast(total, "float32")
@@ -228,6 +335,14 @@ class DirectFeedback(keras.layers.Layer):
             ),
             "seed": self.seed,
         }
+
+
+def _project(signal, b, per_position, tap_shape):
+    """`signal` (batch, *positions, classes) through B to a tap's shape."""
+    if per_position:
+        return ops.matmul(signal, b)
+    flat = ops.reshape(signal, (-1, b.shape[0]))
+    return ops.reshape(ops.matmul(flat, b), (-1, *tap_shape))
 
 
 @keras.saving.register_keras_serializable(package="keras_fa")
@@ -266,25 +381,187 @@ def _has_kernel(layer):
     )
 
 
-def direct_feedback(
-    model, feedback="dfa", feedback_initializer="glorot_uniform", seed=None
-):
-    """Returns a copy of a Sequential model trained by a direct rule.
+def _graph_of(layer):
+    """The functional graph of a Sequential or functional model, else None."""
+    from keras_fa.summary import is_graph_model
 
-    The layers are grouped into blocks, each starting at a layer with a
-    kernel (Dense, convolutions, keras_fa layers...) and holding the
-    parameter-free or normalization layers that follow it (activations,
-    pooling, batch normalization, dropout, flatten). The output of every
-    block but the last is tapped and cut with `BlockGradient`; the output
-    layer's activation, if any, is moved after the `DirectFeedback` layer, so
-    the error e is taken at the logits. Weights are copied; the original
-    model is not changed and the copy is not compiled.
+    if not is_graph_model(layer):
+        return None
+    if isinstance(layer, keras.Sequential):
+        return layer._functional
+    return layer
+
+
+def _nodes(graph):
+    """The calls of `graph` (a functional model), inputs first."""
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                yield node
+
+
+def _nested_inputs(inner, node):
+    """The tensors a call `node` of the model `inner` passes to its inputs,
+    in the order of `inner.inputs`; None where it cannot be inlined."""
+    args, kwargs = node.arguments.args, node.arguments.kwargs
+    if len(args) != 1 or any(v is not None for v in keras.tree.flatten(kwargs)):
+        return None
+    value, struct = args[0], inner._inputs_struct
+    if isinstance(value, dict) and not isinstance(struct, dict):
+        names = [t._keras_history.operation.name for t in inner.inputs]
+        if not set(names) <= set(value):
+            return None
+        flat = [value[name] for name in names]
+    else:
+        flat = keras.tree.flatten(value)
+    if len(flat) != len(inner.inputs) or not all(
+        isinstance(t, keras.KerasTensor) and len(t.shape) == len(i.shape)
+        for t, i in zip(flat, inner.inputs)
+    ):
+        return None
+    return flat
+
+
+class _Graph:
+    """A model's graph with the Sequential and functional models called in
+    it inlined (those called once): the calls of layers and operations in
+    the order they run, and how the tensors of the nested models map onto
+    them."""
+
+    def __init__(self, model):
+        self.model = model
+        self.counts = collections.Counter()  # calls per operation id
+        self._count(_graph_of(model))
+        self.nodes = []  # (node, path) of every call, in order
+        self.outputs_of = collections.defaultdict(list)  # id(op) -> outputs
+        self.operations = {}  # id -> every op or inlined model, with path
+        self._alias = {}
+        self._inline(_graph_of(model), ())
+        self.producer = {
+            id(t): node for node, _ in self.nodes for t in node.outputs
+        }
+
+    def _count(self, graph):
+        for node in _nodes(graph):
+            self.counts[id(node.operation)] += 1
+            inner = _graph_of(node.operation)
+            if inner is not None:
+                self._count(inner)
+
+    def _inline(self, graph, path):
+        for node in _nodes(graph):
+            op = node.operation
+            self.outputs_of[id(op)].append(node.outputs)
+            self.operations[id(op)] = (op, path + (op.name,))
+            inner = _graph_of(op)
+            flat = None
+            if inner is not None and self.counts[id(op)] == 1:
+                flat = _nested_inputs(inner, node)
+            if flat is None:
+                self.nodes.append((node, path))
+                continue
+            for inner_input, outer in zip(inner.inputs, flat):
+                if inner_input is not outer:
+                    self._alias[id(inner_input)] = outer
+            self._inline(inner, path + (op.name,))
+            for outer, inner_output in zip(node.outputs, inner.outputs):
+                self._alias[id(outer)] = inner_output
+
+    def resolve(self, tensor):
+        """The tensor of the inlined graph that `tensor` stands for."""
+        while id(tensor) in self._alias:
+            tensor = self._alias[id(tensor)]
+        return tensor
+
+    def ancestors(self, tensor):
+        """Ids of the tensors `tensor` is computed from, itself included."""
+        seen, stack = set(), [self.resolve(tensor)]
+        while stack:
+            t = stack.pop()
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            node = self.producer.get(id(t))
+            if node is not None:
+                stack.extend(self.resolve(x) for x in node.input_tensors)
+        return seen
+
+    def output(self, op):
+        """The single output tensor of `op`'s single call."""
+        return self.resolve(self.outputs_of[id(op)][0][0])
+
+    def named(self, name):
+        """The operations (and inlined models) called `name` or whose path
+        is `name` ("outer/inner")."""
+        return [
+            op
+            for op, path in self.operations.values()
+            if name == op.name or name == "/".join(path)
+        ]
+
+    def path(self, op):
+        return "/".join(self.operations[id(op)][1])
+
+
+def direct_feedback(
+    model,
+    feedback="dfa",
+    feedback_initializer="glorot_uniform",
+    seed=None,
+    taps=None,
+):
+    """Returns a copy of a Sequential or functional model trained by a
+    direct rule.
+
+    The output of each tap receives the direct signal of `feedback` and is
+    cut from the layers above it with `BlockGradient`: every use of the
+    tapped output downstream (a residual `x + f(x)` included) sees the cut
+    tensor, so no error reaches the tap through the layers above. The layers
+    between a tap and the taps (or inputs) below it learn from its signal by
+    their local derivatives; the layers between the last taps and the logits
+    learn from the logits' error e, as in backprop. A `DirectFeedback` head
+    takes the logits and the taps; if the layer that computes the logits has
+    a non-linear `activation` (a softmax), it moves after the head, so e is
+    taken at the logits. The head's B_l are position by position for taps
+    with the logits' positions (`(batch, time, features)` under `(batch,
+    time, classes)` logits: B_l of shape `(classes, features)`) and through
+    the flattened logits otherwise (see `DirectFeedback`).
+
+    Choosing the taps:
+
+    - Sequential model, `taps=None`: the layers are grouped into blocks,
+      each starting at a layer with a kernel (Dense, convolutions, keras_fa
+      layers...) and holding the parameter-free or normalization layers that
+      follow it (activations, pooling, batch normalization, dropout,
+      flatten). The output of every block but the last is tapped; the head
+      follows the last layer with a kernel (layers after it follow the
+      head).
+    - Functional model: `taps` is required (a ValueError lists candidates
+      otherwise). Tap the output of each block: a residual `Add` (or `x +
+      y`), a transformer block, a Dense layer with its activation (tap the
+      activation layer if it is separate). The head is at the model's
+      output, which must be one tensor, the logits.
+
+    Models nested in the model (a KerasHub backbone in its task model, a
+    Sequential block) are inlined when called once, so their layers can be
+    taps. A layer called more than once (shared) cannot be a tap, nor the
+    model's inputs or output. Layers that are not `keras.layers.Layer`
+    (`x + y`, `keras.ops.concatenate` on symbolic tensors) are kept. Weights
+    are copied; the original model is not changed and the copy is not
+    compiled. The copy has the model's input structure (a dict of inputs
+    stays a dict).
 
     Args:
-        model: a `keras.Sequential` model (built, with an `Input`).
+        model: a built `keras.Sequential` or functional `keras.Model`
+            (functional subclasses such as KerasHub models too).
         feedback: `"dfa"`, `"drtp"` or `"shallow"`.
         feedback_initializer: initializer of the direct feedback matrices.
         seed: integer seed of the direct feedback matrices.
+        taps: list of the taps, each a layer name (`"outer/inner"` for a
+            layer of a nested model when the name alone is ambiguous), a
+            layer of the model, or a symbolic tensor of the model (the
+            output of `x + y`). Tap i gets the head's B_i. None: the blocks
+            of a Sequential model; required for a functional model.
 
     Returns:
         A `keras_fa.DirectFeedbackModel`.
@@ -293,43 +570,409 @@ def direct_feedback(
 
     >>> dfa_model = keras_fa.direct_feedback(mlp, "dfa")
     >>> dfa_model.compile("adam", keras.losses.SparseCategoricalCrossentropy())
+
+    A KerasHub language model, one tap per transformer block:
+
+    >>> lm = keras_hub.models.GPT2CausalLM(backbone)
+    >>> dfa_lm = keras_fa.direct_feedback(
+    ...     lm, "dfa", taps=["transformer_layer_0", "transformer_layer_1"])
     """
-    head = DirectFeedback(feedback, feedback_initializer, seed)
-    if not isinstance(model, keras.Sequential):
+    feedback = _check_rule(feedback)
+    seed = standardize_seed(seed)
+    initializer = get_feedback_initializer(feedback_initializer)
+    graph = _check_model(model)
+    sequential = isinstance(model, keras.Sequential)
+    if sequential:
+        logits, block_taps = _sequential_blocks(model, graph)
+    else:
+        logits = graph.resolve(model.outputs[0])
+    if id(logits) not in graph.producer:
         raise ValueError(
-            "keras_fa.direct_feedback takes a keras.Sequential model. For "
-            "other models, place keras_fa.BlockGradient and "
+            f"The output of model '{model.name}' is one of its inputs: "
+            "there are no logits to train."
+        )
+    if taps is None and not sequential:
+        raise ValueError(_no_taps_message(graph, logits, feedback))
+    taps = block_taps if taps is None else _resolve_taps(graph, taps, logits)
+    output_layer = graph.producer[id(logits)].operation
+    activation = getattr(output_layer, "activation", None)
+    if activation is keras.activations.linear or not callable(activation):
+        activation = None
+    if activation is not None and graph.counts[id(output_layer)] > 1:
+        raise ValueError(
+            f"The logits of model '{model.name}' come from layer "
+            f"'{output_layer.name}', which is called "
+            f"{graph.counts[id(output_layer)]} times: its activation cannot "
+            "move after the DirectFeedback head. Give the model an output "
+            "layer of its own."
+        )
+    return _rebuild(
+        graph,
+        taps,
+        logits,
+        activation,
+        dict(
+            feedback=feedback,
+            feedback_initializer=initializer,
+            seed=seed,
+        ),
+    )
+
+
+def _check_model(model):
+    """Returns the `_Graph` of `model`, or raises a clear error."""
+    from keras_fa.summary import is_graph_model
+
+    if not isinstance(model, keras.Model) or not is_graph_model(model):
+        kind = type(model).__name__
+        raise ValueError(
+            "keras_fa.direct_feedback takes a keras.Sequential or functional "
+            f"keras.Model. Received: {kind}"
+            + (", a subclassed model" if isinstance(model, keras.Model) else "")
+            + ". For other models, place keras_fa.BlockGradient and "
             "keras_fa.DirectFeedback yourself (see DirectFeedback)."
         )
-    if not model.built or not model.inputs:
+    if _graph_of(model) is None or not model.inputs:
         raise ValueError(
-            "Build the Sequential model first: start it with keras.Input."
+            f"Build the model '{model.name}' first: start it with keras.Input."
         )
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    layers = copy.layers
+    if len(model.outputs) != 1:
+        raise ValueError(
+            "keras_fa.direct_feedback needs a model with one output, the "
+            f"logits. Model '{model.name}' has {len(model.outputs)}."
+        )
+    graph = _Graph(model)
+    for node, _ in graph.nodes:
+        if isinstance(node.operation, DirectFeedback):
+            raise ValueError(
+                f"Model '{model.name}' already has a DirectFeedback head "
+                f"('{node.operation.name}'). Pass the model without it."
+            )
+    return graph
+
+
+def _sequential_blocks(model, graph):
+    """The logits and the block outputs of a Sequential model."""
+    layers = model.layers
     starts = [i for i, layer in enumerate(layers) if _has_kernel(layer)]
     if not starts:
         raise ValueError("The model has no layer with a kernel to train.")
-    inputs = keras.Input(batch_shape=model.inputs[0].shape)
-    x = inputs
-    taps = []
-    last = starts[-1]
-    for i, layer in enumerate(layers[:last]):
-        x = layer(x)
-        # Layers before the first kernel (Flatten, Rescaling...) form no
-        # block: tapping them would give B to an input with nothing to train.
-        if i + 1 in starts[1:]:
-            taps.append(x)
-            x = BlockGradient()(x)
-    output_layer = layers[last]
-    activation = getattr(output_layer, "activation", None)
-    linear = activation is None or activation is keras.activations.linear
-    if not linear:
-        output_layer.activation = keras.activations.linear
-    x = head([output_layer(x), *taps])
-    if not linear:
-        x = keras.layers.Activation(activation)(x)
-    for layer in layers[last + 1 :]:
-        x = layer(x)
-    return DirectFeedbackModel(inputs, x)
+    # Layers before the first kernel (Flatten, Rescaling...) form no block:
+    # tapping them would give B to an input with nothing to train.
+    taps = [graph.output(layers[i - 1]) for i in starts[1:]]
+    return graph.output(layers[starts[-1]]), taps
+
+
+def _describe(item):
+    if isinstance(item, keras.KerasTensor):
+        return f"the tensor {item.name} of shape {item.shape}"
+    if isinstance(item, keras.Operation):
+        return f"layer '{item.name}'"
+    return repr(item)
+
+
+def _resolve_taps(graph, taps, logits):
+    """The tensors of the inlined graph named by `taps`."""
+    if not isinstance(taps, (list, tuple)):
+        raise ValueError(
+            "`taps` must be a list of layer names, layers or symbolic "
+            f"tensors of the model. Received: taps={taps!r}"
+        )
+    model = graph.model
+    inputs = {id(t): t for t in model.inputs}
+    below = graph.ancestors(logits)
+    result = []
+    for item in taps:
+        tensor = _tap_tensor(graph, item, inputs)
+        where = f"taps: {_describe(item)}"
+        if id(tensor) in inputs:
+            raise ValueError(
+                f"In {where} is an input of model '{model.name}': a tap is "
+                "the output of a hidden layer, which it trains."
+            )
+        if tensor is logits:
+            raise ValueError(
+                f"In {where} computes the logits (the model's output), "
+                "which receive the error e itself: tap hidden layers only."
+            )
+        if id(tensor) not in below:
+            raise ValueError(
+                f"In {where} is not computed below the logits (those of "
+                f"layer '{graph.producer[id(logits)].operation.name}'), so "
+                "no signal can reach it."
+            )
+        if any(tensor is t for t in result):
+            raise ValueError(f"In {where} is tapped twice.")
+        result.append(tensor)
+    return result
+
+
+def _tap_tensor(graph, item, inputs):
+    model = graph.model
+    input_names = {t._keras_history.operation.name: t for t in inputs.values()}
+    if isinstance(item, keras.KerasTensor):
+        tensor = graph.resolve(item)
+        node = graph.producer.get(id(tensor))
+        if node is None and id(tensor) not in inputs:
+            raise ValueError(
+                f"In taps: {_describe(item)} is not a tensor of model "
+                f"'{model.name}' (nor of a model inlined in it)."
+            )
+        if node is not None:
+            _check_single_call(graph, node.operation, item)
+        return tensor
+    if isinstance(item, str):
+        if item in input_names:
+            return input_names[item]
+        found = graph.named(item)
+        if not found:
+            names = [graph.path(op) for op, _ in graph.operations.values()]
+            raise ValueError(
+                f"Unknown tap {item!r} in `taps`: model '{model.name}' has "
+                f"no layer of that name. Allowed: {', '.join(names)}."
+            )
+        if len(found) > 1:
+            paths = [graph.path(op) for op in found]
+            raise ValueError(
+                f"The tap {item!r} in `taps` names {len(found)} layers: "
+                f"{', '.join(paths)}. Pass one of these paths, or the layer."
+            )
+        op = found[0]
+    elif isinstance(item, keras.Operation):
+        if any(item is t._keras_history.operation for t in inputs.values()):
+            return item.output
+        if id(item) not in graph.operations:
+            raise ValueError(
+                f"In taps: {_describe(item)} is not a layer of model "
+                f"'{model.name}', or is inside a nested model that is called "
+                "more than once or is not functional."
+            )
+        op = item
+    else:
+        raise ValueError(
+            "Each tap in `taps` is a layer name, a layer or a symbolic tensor "
+            f"of the model. Received: {item!r} ({type(item).__name__})."
+        )
+    _check_single_call(graph, op, item)
+    (outputs,) = graph.outputs_of[id(op)]
+    if len(outputs) != 1:
+        raise ValueError(
+            f"In taps: {_describe(item)} has {len(outputs)} outputs; pass "
+            "the one to tap (a symbolic tensor of the model) instead."
+        )
+    return graph.resolve(outputs[0])
+
+
+def _check_single_call(graph, op, item):
+    calls = graph.counts[id(op)]
+    if calls > 1:
+        raise ValueError(
+            f"In taps: {_describe(item)} is from layer '{op.name}', which "
+            f"is called {calls} times (shared): its output is not one "
+            "activation, so it cannot be a tap. Tap a layer called once."
+        )
+
+
+def _no_taps_message(graph, logits, feedback):
+    candidates = _candidates(graph, logits)
+    return (
+        "keras_fa.direct_feedback needs `taps=` for the functional model "
+        f"'{graph.model.name}': the layers whose outputs receive the direct "
+        "signal, each cut from the layers above. Tap the output of each "
+        "block (a residual Add, a transformer block, a Dense layer with its "
+        "activation): the layers below a tap learn from its signal, the "
+        "layers above the last taps by backprop from the logits. "
+        f"Candidates, in graph order: {', '.join(candidates) or '(none)'}. "
+        f"Example: keras_fa.direct_feedback(model, {feedback!r}, "
+        f"taps={candidates[:2]!r})."
+    )
+
+
+def _is_add(op):
+    return isinstance(op, keras.layers.Add) or (
+        not isinstance(op, keras.layers.Layer) and type(op).__name__ == "Add"
+    )
+
+
+def _is_block(op):
+    # A layer made of layers with kernels: a transformer block, attention.
+    return isinstance(op, keras.layers.Layer) and any(
+        _has_kernel(layer) for layer in op._flatten_layers(include_self=False)
+    )
+
+
+def _candidates(graph, logits):
+    """Paths of likely taps: residual additions, blocks of layers, and the
+    end of the chain of activations, normalizations and pooling after each
+    layer with a kernel."""
+    below = graph.ancestors(logits)
+    users = collections.defaultdict(list)
+    for node, _ in graph.nodes:
+        for t in node.input_tensors:
+            users[id(graph.resolve(t))].append(node)
+
+    def single(op):
+        return (
+            graph.counts[id(op)] == 1 and len(graph.outputs_of[id(op)][0]) == 1
+        )
+
+    found = []
+    for node, _ in graph.nodes:
+        op = node.operation
+        if not single(op):
+            continue
+        if _is_add(op) or _is_block(op):
+            tensor = node.outputs[0]
+        elif isinstance(op, keras.layers.Layer) and _has_kernel(op):
+            tensor = node.outputs[0]
+            # Through the activation, normalization, pooling... after it.
+            while len(users[id(tensor)]) == 1:
+                (following,) = users[id(tensor)]
+                user = following.operation
+                if (
+                    len(following.input_tensors) != 1
+                    or not single(user)
+                    or not isinstance(user, keras.layers.Layer)
+                    or _has_kernel(user)
+                    or _is_block(user)
+                    or id(following.outputs[0]) not in below
+                ):
+                    break
+                tensor = following.outputs[0]
+        else:
+            continue
+        if id(tensor) in below and tensor is not logits:
+            path = graph.path(graph.producer[id(tensor)].operation)
+            if path not in found:
+                found.append(path)
+    return found
+
+
+def _rebuild(graph, taps, logits, activation, head_config):
+    """Builds the direct-feedback copy of `graph.model`."""
+    model = graph.model
+    used = set()
+
+    def unique(name):
+        candidate, i = name, 0
+        while candidate in used:
+            i += 1
+            candidate = f"{name}_{i}"
+        used.add(candidate)
+        return candidate
+
+    for t in model.inputs:
+        used.add(t._keras_history.operation.name)
+    # Top-level layers keep their names; an inlined one whose name is taken
+    # gets the names of the models it was in.
+    names = {}
+    for node, path in sorted(graph.nodes, key=lambda item: len(item[1]) > 0):
+        op = node.operation
+        if id(op) not in names:
+            name = (
+                op.name if op.name not in used else "_".join(path + (op.name,))
+            )
+            names[id(op)] = unique(name)
+
+    def new_input(tensor):
+        layer = tensor._keras_history.operation
+        return keras.Input(
+            batch_shape=tensor.shape,
+            dtype=tensor.dtype,
+            sparse=tensor.sparse,
+            name=layer.name,
+            optional=getattr(layer, "optional", False),
+        )
+
+    if isinstance(model, keras.Sequential):
+        new_inputs = new_input(model.inputs[0])
+    else:
+        new_inputs = keras.tree.map_structure(new_input, model._inputs_struct)
+    values = {
+        id(t): new
+        for t, new in zip(model.inputs, keras.tree.flatten(new_inputs))
+    }
+    tap_index = {id(t): i for i, t in enumerate(taps)}
+    tapped = [None] * len(taps)
+    output_layer = graph.producer[id(logits)].operation
+    copies = {}
+
+    def value(x):
+        if isinstance(x, keras.KerasTensor):
+            return values[id(graph.resolve(x))]
+        return x
+
+    for node, _ in graph.nodes:
+        op = node.operation
+        if id(op) not in copies:
+            copies[id(op)] = (op, _copy_operation(op, names[id(op)]))
+            if op is output_layer and activation is not None:
+                copies[id(op)][1].activation = keras.activations.linear
+        args, kwargs = node.arguments.convert(value)
+        outputs = keras.tree.flatten(copies[id(op)][1](*args, **kwargs))
+        for x, y in zip(node.outputs, outputs):
+            if id(x) in tap_index:
+                tapped[tap_index[id(x)]] = y
+                y = BlockGradient(name=unique("block_gradient"))(y)
+            if x is logits:
+                head = DirectFeedback(
+                    **head_config, name=unique("direct_feedback")
+                )
+                y = head([y, *tapped])
+                if activation is not None:
+                    y = keras.layers.Activation(
+                        activation, name=unique("activation")
+                    )(y)
+            values[id(x)] = y
+    for old, new in copies.values():
+        if isinstance(old, keras.layers.Layer):
+            _copy_weights(old, new)
+    outputs = values[id(graph.resolve(model.outputs[0]))]
+    return DirectFeedbackModel(new_inputs, outputs)
+
+
+def _copy_operation(op, name):
+    """A new layer (or operation) with the configuration of `op`."""
+    if not isinstance(op, keras.layers.Layer):
+        # `x + y` on symbolic tensors: an operation without state. One
+        # whose arguments have no config is reused as it is.
+        try:
+            return type(op).from_config({**op.get_config(), "name": name})
+        except (NotImplementedError, TypeError, ValueError):
+            return op
+    if type(op) is keras.layers.Lambda:
+        # Its config holds the function as bytecode, which Keras refuses to
+        # load in safe mode; the copy takes the function itself.
+        return keras.layers.Lambda(
+            op.function,
+            output_shape=op._output_shape,
+            mask=op.mask,
+            arguments=op.arguments,
+            name=name,
+            dtype=op.dtype_policy,
+        )
+    try:
+        config = op.get_config()
+    except NotImplementedError as error:
+        raise ValueError(
+            f"keras_fa.direct_feedback cannot copy layer '{op.name}' "
+            f"({type(op).__name__}): it has no config. Give its class a "
+            "`get_config`."
+        ) from error
+    return type(op).from_config({**config, "name": name})
+
+
+def _copy_weights(old, new):
+    if [tuple(v.shape) for v in old.weights] != [
+        tuple(v.shape) for v in new.weights
+    ]:
+        raise ValueError(
+            f"keras_fa.direct_feedback: the copy of layer '{old.name}' "
+            f"({type(old).__name__}) has weights "
+            f"{[tuple(v.shape) for v in new.weights]}, the layer "
+            f"{[tuple(v.shape) for v in old.weights]}."
+        )
+    # Through numpy: on jax, assigning one variable's value to another
+    # shares the buffer, which training the copy would delete.
+    for source, target in zip(old.weights, new.weights):
+        target.assign(keras.ops.convert_to_numpy(source))

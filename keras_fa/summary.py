@@ -5,7 +5,7 @@ import typing
 
 import keras
 
-from keras_fa.alignment import _kernel_layer_above
+from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
 from keras_fa.layers import FAReversibleEmbedding
 from keras_fa.layers import FeedbackKernel
@@ -187,26 +187,46 @@ def _is_lookup(layer, variable):
 
 
 def _with_direct_rules(model, found):
-    # The layer that makes an activation tapped by a DirectFeedback head
-    # learns from the head's signal, whatever its own rule.
-    tops = []
-    for kernel in found:
-        if not any(kernel.top is top for top in tops):
-            tops.append(kernel.top)
+    # The layers that compute an activation tapped by a DirectFeedback head,
+    # down to the cuts below, learn from the head's signal, whatever their
+    # own rule.
     direct = {}
     for head in model._flatten_layers(include_self=False):
         if not isinstance(head, DirectFeedback) or not head._inbound_nodes:
             continue
         for tap in head._inbound_nodes[0].input_tensors[1:]:
-            owner = _kernel_layer_above(tap, tops)
-            if owner is not None:
-                direct.setdefault(id(owner), head.feedback)
+            for operation in _region_below(tap):
+                direct.setdefault(id(operation), head.feedback)
     return [
         kernel._replace(rule=direct[id(kernel.top)])
         if id(kernel.top) in direct
         else kernel
         for kernel in found
     ]
+
+
+def _region_below(tensor):
+    """Returns the layers that compute `tensor` up to the cuts: what a
+    direct signal at `tensor` trains. It stops at `BlockGradient` layers
+    and the model's inputs, and takes every layer of a model called on the
+    way. Residual branches (`x + f(x)`) are followed on both sides."""
+    found, seen, stack = [], set(), [tensor]
+    while stack:
+        history = getattr(stack.pop(), "_keras_history", None)
+        if history is None:
+            continue
+        operation = history.operation
+        if isinstance(operation, (BlockGradient, keras.layers.InputLayer)):
+            continue
+        key = (id(operation), history.node_index)
+        if key in seen:
+            continue
+        seen.add(key)
+        if isinstance(operation, keras.layers.Layer):
+            found.extend(operation._flatten_layers(include_self=True))
+        node = operation._inbound_nodes[history.node_index]
+        stack.extend(node.input_tensors)
+    return found
 
 
 def feedback_summary(model, print_fn=print):

@@ -1,5 +1,6 @@
-"""Direct-feedback models (dfa and drtp, an MLP and a small CNN) saved under
-one backend and loaded under another.
+"""Direct-feedback models (dfa and drtp; an MLP, a small CNN and a functional
+model with (batch, time, classes) logits, a per-position and a pooled tap)
+saved under one backend and loaded under another.
 
 `tests/test_direct.py` saves them under the active backend, then runs this
 file under the next backend (tensorflow -> jax -> torch -> tensorflow):
@@ -21,14 +22,16 @@ import sys
 import numpy as np
 
 RULES = ("dfa", "drtp")
-KINDS = ("mlp", "cnn")
+KINDS = ("mlp", "cnn", "seq")
 KEYS = tuple(f"{rule}_{kind}" for rule in RULES for kind in KINDS)
 NEXT_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
 
 
-def sequentials():
-    """An MLP and a CNN whose first tap is a whole conv activation; two
-    hidden blocks each."""
+def originals():
+    """An MLP and a CNN whose first tap is a whole conv activation, and a
+    functional model with logits (batch, 3, 3): a tap of shape (batch, 3, 5)
+    fed position by position and a pooled tap of shape (batch, 4) fed
+    through the flattened logits. Two hidden blocks each."""
     import keras
 
     mlp = keras.Sequential(
@@ -48,7 +51,25 @@ def sequentials():
             keras.layers.Dense(3, activation="softmax"),
         ]
     )
-    return mlp, cnn
+    inputs = keras.Input((3, 2))
+    h1 = keras.layers.Dense(5, activation="relu", name="h1")(inputs)
+    pooled = keras.layers.GlobalAveragePooling1D()(h1)
+    h2 = keras.layers.Dense(4, activation="tanh", name="h2")(pooled)
+    logits = keras.layers.Dense(3)(h1) + keras.ops.expand_dims(
+        keras.layers.Dense(3)(h2), 1
+    )
+    outputs = keras.layers.Activation("softmax")(logits)
+    seq = keras.Model(inputs, outputs)
+    return mlp, cnn, seq
+
+
+def direct_model(kind, original, rule):
+    """`original` (of `KINDS[i]`) trained by `rule`."""
+    import keras_fa
+
+    # No seed: a loader that redrew B would not match the file.
+    taps = ["h1", "h2"] if kind == "seq" else None
+    return keras_fa.direct_feedback(original, rule, taps=taps)
 
 
 def batch(model, seed=0):
@@ -56,7 +77,8 @@ def batch(model, seed=0):
     backend."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(8, *model.input_shape[1:])).astype("float32")
-    return x, np.arange(8) % 3
+    labels = (8, *model.output_shape[1:-1])
+    return x, np.arange(np.prod(labels)).reshape(labels) % 3
 
 
 def direct_kernels(model):
@@ -76,15 +98,12 @@ def save(out_dir):
     """Saves the models of `KEYS` under the active backend."""
     import keras
 
-    import keras_fa
-
     backend = keras.backend.backend()
     arrays = {}
     for rule in RULES:
-        for kind, original in zip(KINDS, sequentials()):
+        for kind, original in zip(KINDS, originals()):
             key = f"{rule}_{kind}"
-            # No seed: a loader that redrew B would not match the file.
-            model = keras_fa.direct_feedback(original, rule)
+            model = direct_model(kind, original, rule)
             model.save(os.path.join(out_dir, f"{backend}_{key}.keras"))
             for i, b in enumerate(direct_kernels(model)[1]):
                 arrays[f"{key}/B{i}"] = b

@@ -666,14 +666,13 @@ def sgd_step(model, x, y):
 def test_save_and_load(tmp_path):
     for rule in ("dfa", "drtp"):
         for kind, original in zip(
-            _cross_backend_direct.KINDS, _cross_backend_direct.sequentials()
+            _cross_backend_direct.KINDS, _cross_backend_direct.originals()
         ):
-            check_save_and_load(original, rule, tmp_path / f"{rule}_{kind}")
+            model = _cross_backend_direct.direct_model(kind, original, rule)
+            check_save_and_load(model, rule, tmp_path / f"{rule}_{kind}")
 
 
-def check_save_and_load(original, rule, path):
-    # No seed: a loader that redrew B instead of loading it would differ.
-    model = keras_fa.direct_feedback(original, rule)
+def check_save_and_load(model, rule, path):
     x, y = _cross_backend_direct.batch(model)
     kernels = direct_kernels(model)
     assert len(kernels) == 2
@@ -800,16 +799,26 @@ def test_errors():
     with pytest.raises(ValueError, match="list"):
         keras_fa.DirectFeedback()(np.zeros((2, N_OUT), "float32"))
     with pytest.raises(ValueError, match="logits"):
-        keras_fa.DirectFeedback()([keras.Input((2, N_OUT)), logits])
+        keras_fa.DirectFeedback()([keras.Input(()), logits])
     with pytest.raises(ValueError, match="logits"):
         keras_fa.DirectFeedback()(
-            [np.zeros((2, 2, N_OUT), "float32"), np.zeros((2, 4), "float32")]
+            [np.zeros((2,), "float32"), np.zeros((2, 4), "float32")]
         )
 
+    # A functional model needs taps (tests/test_direct_functional.py).
     inputs = keras.Input((4,))
     functional = keras.Model(inputs, keras.layers.Dense(N_OUT)(inputs))
-    with pytest.raises(ValueError, match="Sequential"):
+    with pytest.raises(ValueError, match="taps="):
         keras_fa.direct_feedback(functional, "dfa")
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((2, 4), "float32"))
+    with pytest.raises(ValueError, match="Sequential or functional"):
+        keras_fa.direct_feedback(subclassed, "dfa")
     with pytest.raises(ValueError, match="Build"):
         keras_fa.direct_feedback(
             keras.Sequential([keras.layers.Dense(N_OUT)]), "dfa"

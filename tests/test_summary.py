@@ -174,6 +174,30 @@ def test_direct_feedback_taps_train_by_the_direct_rule(rule):
     ]
 
 
+def test_every_kernel_of_a_tapped_residual_block_trains_by_the_rule():
+    # x + f(x) blocks, tapped at their sums: the kernels inside f (attention
+    # and MLP) learn from the tap's signal, not only the last one.
+    inputs = keras.Input((3, 4))
+    x = inputs
+    for i in range(2):
+        h = keras.layers.MultiHeadAttention(1, 2, name=f"mha{i}")(x, x)
+        h = keras.layers.Dense(4, name=f"mlp{i}")(h)
+        x = keras.layers.Add(name=f"block{i}")([x, h])
+    skip = keras.layers.Dense(4, name="side")(inputs)  # reaches the head
+    x = keras.layers.Concatenate()([x, skip])
+    outputs = keras.layers.Dense(2, name="out")(x)
+    model = keras_fa.direct_feedback(
+        keras.Model(inputs, outputs), "dfa", taps=["block0", "block1"]
+    )
+    rules = {row[0]: row[2] for row in rows_of(model)}
+    for i in range(2):
+        for kernel in ("query", "key", "value", "attention_output"):
+            assert rules[f"mha{i}/{kernel}/kernel"] == "dfa"
+        assert rules[f"mlp{i}/kernel"] == "dfa"
+    # Below no tap: they get the output error through backprop.
+    assert rules["side/kernel"] == rules["out/kernel"] == "bp"
+
+
 def test_empty_model_has_no_kernels():
     inputs = keras.Input((3,))
     lines = []
