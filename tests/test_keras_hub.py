@@ -242,3 +242,14 @@ def test_dfa_gpt2_with_a_tap_per_block_learns():
         assert rules[block] == {"dfa"}, rules
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert last < first - 0.3, (first, last)
+
+
+def test_example_command_line(capsys):
+    rows = keras_hub_lm.main(["--rules", "bp", "--steps", "10"])
+    assert [row["rule"] for row in rows] == ["bp"]
+    assert rows[0]["update_angle"] < 1e-3  # backprop against itself
+    assert 1.0 < rows[0]["perplexity"] < datasets.STDLIB_TEXT_VOCABULARY * 2
+    assert "| bp |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        keras_hub_lm.main(["--rules", "fa,nope"])
+    assert "unknown nope" in capsys.readouterr().err
