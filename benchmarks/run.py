@@ -18,7 +18,10 @@ Data: MNIST-1D and scikit-learn's digits need no network (digits is the
 default, so the command runs anywhere); the TFDS sets (mnist, fashion_mnist,
 kmnist, emnist/balanced, cifar10, cifar100) are read from `--data-dir` and
 fail within seconds, with what to do, when they are absent and there is no
-network. Models are `keras_fa.models` (mlp, lenet, resnet<6n+2>). Training
+network. Models are `keras_fa.models` (mlp, lenet, resnet<6n+2>,
+transformer: images cut into patches, 4x4 for 28x28 and 32x32 images and
+2x2 for the 8x8 digits unless `--patch-size` says otherwise; MNIST-1D read
+as a sequence of 40 scalar tokens). Training
 uses the accelerator Keras finds (GPU, TPU) with no change; `--distribute`
 shards each batch over all local devices (`keras.distribution.DataParallel`
 on jax, `tf.distribute.MirroredStrategy` on tensorflow).
@@ -71,6 +74,7 @@ CONFIG_KEYS = (
     "precision",
     "distribute",
     "probe",
+    "patch_size",
 )
 FORMAT_VERSION = 1
 # Flat data sets that are images: convolutional models see them as such.
@@ -95,7 +99,7 @@ def _models(value):
     items = _csv(value, name="model")
     for item in items:
         base = item.lower()
-        ok = base in ("mlp", "lenet") or (
+        ok = base in ("mlp", "lenet", "transformer") or (
             base.startswith("resnet")
             and base[6:].isdigit()
             and int(base[6:]) >= 8
@@ -104,7 +108,7 @@ def _models(value):
         if not ok:
             raise argparse.ArgumentTypeError(
                 f"unknown model {item!r}; allowed: mlp, lenet, resnet<6n+2> "
-                "(resnet8, resnet20, resnet32, resnet56...)"
+                "(resnet8, resnet20, resnet32, resnet56...), transformer"
             )
     return [item.lower() for item in items]
 
@@ -147,7 +151,16 @@ def parse_args(argv=None):
         "--model",
         type=_models,
         default=["mlp"],
-        help="comma-separated: mlp, lenet, resnet20... (default: mlp)",
+        help="comma-separated: mlp, lenet, resnet20..., transformer "
+        "(default: mlp)",
+    )
+    parser.add_argument(
+        "--patch-size",
+        type=_positive(int),
+        default=None,
+        help="side (images) or length (sequences) of the transformer's "
+        "patches; default: 4 for images, 2 where 4 leaves fewer than 16 "
+        "patches, none for sequences (a token per position)",
     )
     parser.add_argument(
         "--rules",
@@ -206,7 +219,7 @@ def parse_args(argv=None):
 
 def config_of(args):
     """Returns the settings a finished cell must match to be reused."""
-    return {
+    config = {
         "dataset": args.dataset,
         "classes": args.classes,
         "epochs": args.epochs,
@@ -218,6 +231,44 @@ def config_of(args):
         "distribute": args.distribute,
         "probe": args.probe,
     }
+    # Only when given: the cells of earlier versions stay reusable.
+    if args.patch_size is not None:
+        config["patch_size"] = args.patch_size
+    return config
+
+
+def model_kwargs(args, task, model_name):
+    """Returns the arguments of `model_name` for `task` beyond its shape:
+    the image of a flat image set; the transformer's patches (see
+    `--patch-size`). Raises SystemExit if `--patch-size` does not tile the
+    inputs."""
+    kwargs = {}
+    if model_name != "mlp" and task.name in IMAGES:
+        kwargs["image_shape"] = IMAGES[task.name]
+    if model_name != "transformer":
+        return kwargs
+    shape = kwargs.get("image_shape", task.input_shape)
+    # The axes cut into patches: height and width, or the sequence.
+    size = shape[:2] if len(shape) == 3 else shape[:1]
+    side = args.patch_size
+    if side is None and len(shape) == 3:
+        side = next(
+            (
+                p
+                for p in (4, 2)
+                if not any(s % p for s in size)
+                and math.prod(s // p for s in size) >= 16
+            ),
+            1,
+        )
+    if side is not None and any(s % side for s in size):
+        raise SystemExit(
+            f"--patch-size {side} does not tile the {args.dataset} inputs "
+            f"of size {tuple(size)}: give a divisor of each."
+        )
+    if side is not None:
+        kwargs["patch_size"] = side
+    return kwargs
 
 
 def task_label(config):
@@ -333,9 +384,7 @@ def run_cell(args, task, model_name, rule, seed):
     keras.utils.set_random_seed(seed)
     strategy, shards = _distribution(args)
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
-    kwargs = {}
-    if model_name != "mlp" and task.name in IMAGES:
-        kwargs["image_shape"] = IMAGES[task.name]
+    kwargs = model_kwargs(args, task, model_name)
     with scope:
         model = keras_fa.models.get(
             model_name,
@@ -677,6 +726,8 @@ def main(argv=None):
                 )
             except datasets.DatasetUnavailableError as error:
                 raise SystemExit(str(error)) from error
+            for name in args.model:  # bad patches fail before training
+                model_kwargs(args, tasks[key], name)
         record = run_cell(args, tasks[key], model, rule, seed)
         write_atomic(path, json.dumps(record, indent=1))
         done += 1

@@ -1,12 +1,12 @@
 """Standard networks built from keras_fa layers, trained by any rule.
 
-`mlp`, `lenet` and `resnet` return functional Keras models whose kernel
-layers all follow one feedback rule. Layer-wise rules (`"bp"`, `"fa"`,
-`"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`) go to every `FADense` /
-`FAConv*` layer. Direct rules (`"dfa"`, `"drtp"`, `"shallow"`) build the same
-network of plain Keras layers, tap the output of every block but the last,
-cut it with `BlockGradient`, and end in a `DirectFeedback` layer, in a
-`DirectFeedbackModel`.
+`mlp`, `lenet`, `resnet` and `transformer` return functional Keras models
+whose kernel layers all follow one feedback rule. Layer-wise rules (`"bp"`,
+`"fa"`, `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`) go to every `FADense` /
+`FAConv*` / `FAMultiHeadAttention` layer. Direct rules (`"dfa"`, `"drtp"`,
+`"shallow"`) build the same network of plain Keras layers, tap the output
+of every hidden block, cut it with `BlockGradient`, and end in a
+`DirectFeedback` layer, in a `DirectFeedbackModel`.
 
 For one `seed`, every rule starts from the same forward weights, so rules
 differ only in how they learn. The models output logits: compile them with a
@@ -14,8 +14,10 @@ differ only in how they learn. The models output logits: compile them with a
 """
 
 import math
+import numbers
 
 import keras
+from keras import ops
 
 from keras_fa import feedback as feedback_lib
 from keras_fa.direct import DIRECT_RULES
@@ -25,9 +27,10 @@ from keras_fa.direct import DirectFeedbackModel
 from keras_fa.layers import FAConv1D
 from keras_fa.layers import FAConv2D
 from keras_fa.layers import FADense
+from keras_fa.layers import FAMultiHeadAttention
 from keras_fa.layers.base import standardize_seed
 
-MODELS = ("mlp", "lenet", "resnet")
+MODELS = ("mlp", "lenet", "resnet", "transformer")
 
 
 def rules():
@@ -78,6 +81,43 @@ class _Network:
             layer = {1: FAConv1D, 2: FAConv2D}[rank]
         return layer(filters, kernel_size, **kwargs)
 
+    def attention(self, num_heads, key_dim, sequence_shape, **kwargs):
+        """Returns a built self-attention layer for `sequence_shape`."""
+        seed = self._next_seed()
+        if self.direct:
+            layer = keras.layers.MultiHeadAttention(
+                num_heads, key_dim, seed=seed, **kwargs
+            )
+        else:
+            layer = FAMultiHeadAttention(
+                num_heads,
+                key_dim,
+                feedback=self.rule,
+                seed=seed,
+                **kwargs,
+            )
+        layer.build(sequence_shape, sequence_shape)
+        # Keras gives the four projections clones of one initializer: seeded,
+        # they would start equal. Each gets its own seed instead.
+        for projection in (
+            layer._query_dense,
+            layer._key_dense,
+            layer._value_dense,
+            layer._output_dense,
+        ):
+            kernel_seed = self._next_seed()
+            if kernel_seed is not None:
+                kernel = projection._kernel
+                initializer = keras.initializers.GlorotUniform(kernel_seed)
+                kernel.assign(initializer(kernel.shape, dtype=kernel.dtype))
+        return layer
+
+    def embedding_initializer(self):
+        """Returns the (seeded) initializer of an embedding table."""
+        return keras.initializers.RandomNormal(
+            stddev=0.02, seed=self._next_seed()
+        )
+
     def block_end(self, x):
         """Marks the end of a hidden block: tapped under direct rules."""
         if not self.direct:
@@ -93,7 +133,7 @@ class _Network:
         return DirectFeedbackModel(inputs, outputs, name=name)
 
 
-def _input(input_shape):
+def _input(input_shape, dtype=None):
     input_shape = tuple(input_shape)
     if not input_shape or any(
         not isinstance(d, int) or d < 1 for d in input_shape
@@ -102,7 +142,7 @@ def _input(input_shape):
             "`input_shape` must be a tuple of positive integers (without the "
             f"batch axis). Received: {input_shape!r}"
         )
-    return keras.Input(input_shape)
+    return keras.Input(input_shape, dtype=dtype)
 
 
 def _check_classes(num_classes):
@@ -323,6 +363,287 @@ def resnet(
     return net.model(inputs, logits, name=f"resnet{depth}_{_name(feedback)}")
 
 
+TRANSFORMER_HEADS = ("pool", "token")
+
+
+@keras.saving.register_keras_serializable(package="keras_fa")
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned embedding of each position to a sequence.
+
+    Called on `(batch, sequence_length, width)` inputs, it returns `inputs`
+    plus one learned row per position: the table of a
+    `keras.layers.Embedding` built for the input's length and width. The
+    table sends no error anywhere, so it learns its exact gradient under
+    every rule (`feedback_summary` says so). The error reaches `inputs`
+    unchanged.
+
+    Args:
+        embeddings_initializer: initializer of the table.
+        **kwargs: base layer arguments (name, dtype...).
+
+    Example:
+
+    >>> x = keras.Input((49, 64))
+    >>> y = keras_fa.models.PositionEmbedding()(x)  # (None, 49, 64)
+    """
+
+    def __init__(self, embeddings_initializer="uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.embeddings_initializer = keras.initializers.get(
+            embeddings_initializer
+        )
+        self.position_embedding = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or None in tuple(input_shape[1:]):
+            raise ValueError(
+                "PositionEmbedding takes inputs of shape (batch, "
+                "sequence_length, width) with a known length and width. "
+                f"Received: {tuple(input_shape)}"
+            )
+        self.position_embedding = keras.layers.Embedding(
+            input_shape[1],
+            input_shape[2],
+            embeddings_initializer=self.embeddings_initializer,
+            dtype=self.dtype_policy,
+            name="position_embedding",
+        )
+        self.position_embedding.build()
+
+    def call(self, inputs):
+        # Positions 0..length-1 read the whole table, in order.
+        positions = self.position_embedding.embeddings
+        return ops.add(inputs, ops.cast(positions, inputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "embeddings_initializer": keras.initializers.serialize(
+                self.embeddings_initializer
+            ),
+        }
+
+
+def _check_int(name, value, minimum=1):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}. Received: "
+            f"{name}={value!r}"
+        )
+
+
+def _patch(patch_size, size, kind):
+    # One patch length per spatial axis; it must tile the input exactly.
+    rank = len(size)
+    patch = patch_size
+    if isinstance(patch, numbers.Integral) and not isinstance(patch, bool):
+        patch = (patch,) * rank
+    if (
+        not isinstance(patch, (tuple, list))
+        or len(patch) != rank
+        or any(
+            isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1
+            for p in patch
+        )
+    ):
+        raise ValueError(
+            f"`patch_size` must be a positive integer or a tuple of {rank} "
+            f"for {kind} inputs of size {size}. Received: "
+            f"patch_size={patch_size!r}"
+        )
+    patch = tuple(int(p) for p in patch)
+    if any(s % p for s, p in zip(size, patch)):
+        raise ValueError(
+            f"`patch_size` {patch_size!r} must divide the {kind} size "
+            f"{size} on every axis, so that the patches tile it."
+        )
+    return patch
+
+
+def _token_inputs(net, input_shape, hidden_dim, vocabulary_size):
+    if len(input_shape) != 1:
+        raise ValueError(
+            "With `vocabulary_size`, the inputs are token ids: "
+            "`input_shape` must be (sequence_length,). Received: "
+            f"input_shape={input_shape!r}"
+        )
+    inputs = _input(input_shape, dtype="int32")
+    x = keras.layers.Embedding(
+        vocabulary_size,
+        hidden_dim,
+        embeddings_initializer=net.embedding_initializer(),
+    )(inputs)
+    return inputs, x
+
+
+def _feature_inputs(net, input_shape, hidden_dim, patch_size, image_shape):
+    inputs = _input(input_shape)
+    x, rank = _spatial(inputs, image_shape)
+    size = tuple(x.shape[1:-1])
+    kind = "image" if rank == 2 else "sequence"
+    if rank == 2 and patch_size is None:
+        raise ValueError(
+            f"Image inputs {size} need a `patch_size` (a side of the "
+            "square patches that become the tokens, e.g. 4 for 28x28 or "
+            "32x32 images). Received: patch_size=None"
+        )
+    if patch_size is None:
+        # A sequence: each position's features projected to the width.
+        return inputs, net.dense(hidden_dim)(x)
+    patch = _patch(patch_size, size, kind)
+    x = net.conv(rank, hidden_dim, patch, strides=patch)(x)
+    tokens = math.prod(s // p for s, p in zip(size, patch))
+    return inputs, keras.layers.Reshape((tokens, hidden_dim))(x)
+
+
+def transformer(
+    input_shape,
+    num_classes,
+    feedback="fa",
+    seed=None,
+    *,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=64,
+    intermediate_dim=128,
+    dropout=0.0,
+    patch_size=None,
+    vocabulary_size=None,
+    head="pool",
+    image_shape=None,
+    use_causal_mask=False,
+):
+    """Returns a small pre-norm transformer encoder trained by `feedback`.
+
+    The inputs become a sequence of `hidden_dim`-wide tokens: token ids
+    (`vocabulary_size` given, `input_shape=(length,)`) through an
+    `Embedding`; images `(h, w, c)` (or flat vectors with `image_shape`)
+    cut into non-overlapping `patch_size` patches by a convolution whose
+    kernel and stride are the patch; feature sequences `(length, channels)`
+    (or `(length,)`, one scalar a position) by a dense projection per
+    position (or, with `patch_size`, by a 1D convolution over patches). A
+    learned `PositionEmbedding` is added. Then `num_layers` pre-norm blocks,
+    `x = x + MHA(LN(x))`, `x = x + MLP(LN(x))` (MLP: `intermediate_dim` GELU
+    units, then `hidden_dim`), a final layer normalization and the head:
+    `"pool"` averages the tokens and gives `(batch, num_classes)` logits;
+    `"token"` gives logits per token, `(batch, length, num_classes)`
+    (language modelling with `use_causal_mask=True`, token
+    classification).
+
+    Under a layer-wise rule every kernel layer is a keras_fa layer (the
+    attention projections are `FAEinsumDense`); the embedding tables learn
+    as under backprop (they send no error). Under direct rules each block's
+    output is tapped (inside a block, and from the first block to the
+    embedding, the error travels by backprop).
+
+    Args:
+        input_shape: shape of one example: `(length,)` token ids or
+            scalars, `(length, channels)`, or `(height, width, channels)`.
+        num_classes: number of classes (logits).
+        feedback: a rule name, config or `FeedbackRule`.
+        seed: integer seed of the forward and feedback weights.
+        num_layers: number of transformer blocks.
+        num_heads: attention heads; they split `hidden_dim`.
+        hidden_dim: width of the tokens, a multiple of `num_heads`.
+        intermediate_dim: hidden units of each block's MLP.
+        dropout: dropout rate of the attention weights and of each block's
+            two residual branches, in [0, 1).
+        patch_size: side of the patches (an integer, or one per spatial
+            axis) that become the tokens; it must divide the image (or
+            sequence). Needed for images.
+        vocabulary_size: number of token ids, for integer inputs.
+        head: `"pool"` or `"token"`.
+        image_shape: for flat inputs, the image they hold, e.g. `(8, 8, 1)`.
+        use_causal_mask: whether a token attends only to itself and the
+            tokens before it.
+
+    Example:
+
+    >>> model = keras_fa.models.transformer(
+    ...     (28, 28, 1), 10, feedback="fa", seed=0, patch_size=4)
+    """
+    _check_classes(num_classes)
+    _check_int("num_layers", num_layers)
+    _check_int("num_heads", num_heads)
+    _check_int("hidden_dim", hidden_dim)
+    _check_int("intermediate_dim", intermediate_dim)
+    if hidden_dim % num_heads:
+        raise ValueError(
+            "`hidden_dim` must be a multiple of `num_heads` (the heads split "
+            f"it). Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
+        )
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, numbers.Real)
+        or not 0 <= dropout < 1
+    ):
+        raise ValueError(
+            f"`dropout` must be a number in [0, 1). Received: "
+            f"dropout={dropout!r}"
+        )
+    if head not in TRANSFORMER_HEADS:
+        raise ValueError(
+            f"`head` must be one of {', '.join(TRANSFORMER_HEADS)}. "
+            f"Received: head={head!r}"
+        )
+    if not isinstance(use_causal_mask, bool):
+        raise ValueError(
+            "`use_causal_mask` must be True or False. Received: "
+            f"use_causal_mask={use_causal_mask!r}"
+        )
+    if vocabulary_size is not None:
+        _check_int("vocabulary_size", vocabulary_size)
+        if patch_size is not None or image_shape is not None:
+            raise ValueError(
+                "`patch_size` and `image_shape` are for images and feature "
+                "sequences, not token ids (`vocabulary_size` given). "
+                f"Received: patch_size={patch_size!r}, "
+                f"image_shape={image_shape!r}"
+            )
+    input_shape = tuple(input_shape)
+    if not 1 <= len(input_shape) <= 3:
+        raise ValueError(
+            "`input_shape` must be (length,), (length, channels) or (height, "
+            f"width, channels). Received: input_shape={input_shape!r}"
+        )
+    net = _Network(feedback, seed)
+    if vocabulary_size is None:
+        inputs, x = _feature_inputs(
+            net, input_shape, hidden_dim, patch_size, image_shape
+        )
+    else:
+        inputs, x = _token_inputs(net, input_shape, hidden_dim, vocabulary_size)
+    x = PositionEmbedding(net.embedding_initializer())(x)
+    for _ in range(num_layers):
+        h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+        attention = net.attention(
+            num_heads, hidden_dim // num_heads, tuple(h.shape), dropout=dropout
+        )
+        h = attention(h, h, use_causal_mask=use_causal_mask)
+        x = keras.layers.Add()([x, _dropout(h, dropout)])
+        h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+        h = net.dense(intermediate_dim, activation="gelu")(h)
+        h = net.dense(hidden_dim)(h)
+        x = keras.layers.Add()([x, _dropout(h, dropout)])
+        x = net.block_end(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+    if head == "pool":
+        x = keras.layers.GlobalAveragePooling1D()(x)
+    logits = net.dense(num_classes)(x)
+    return net.model(inputs, logits, name=f"transformer_{_name(feedback)}")
+
+
+def _dropout(x, rate):
+    return keras.layers.Dropout(rate)(x) if rate else x
+
+
 def _name(feedback):
     if isinstance(feedback, str):
         return feedback.lower()
@@ -330,17 +651,23 @@ def _name(feedback):
 
 
 def get(name, input_shape, num_classes, feedback="fa", seed=None, **kwargs):
-    """Returns the model `name` (`"mlp"`, `"lenet"`, `"resnet"`, or
-    `"resnet<depth>"` such as `"resnet20"`) built by its function."""
+    """Returns the model `name` (`"mlp"`, `"lenet"`, `"resnet"`,
+    `"resnet<depth>"` such as `"resnet20"`, or `"transformer"`) built by its
+    function; `kwargs` go to that function."""
     key = str(name).lower()
     if key.startswith("resnet") and key[6:].isdigit():
         kwargs.setdefault("depth", int(key[6:]))
         key = "resnet"
-    builders = {"mlp": mlp, "lenet": lenet, "resnet": resnet}
+    builders = {
+        "mlp": mlp,
+        "lenet": lenet,
+        "resnet": resnet,
+        "transformer": transformer,
+    }
     if key not in builders:
         raise ValueError(
             f"Unknown model {name!r}. Allowed: mlp, lenet, resnet, "
-            "resnet<depth> (e.g. resnet20)."
+            "resnet<depth> (e.g. resnet20), transformer."
         )
     return builders[key](
         input_shape, num_classes, feedback=feedback, seed=seed, **kwargs

@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
 
+import keras_fa
 from benchmarks import run
 from keras_fa import datasets
 from tests.conftest import BACKEND
@@ -128,6 +130,8 @@ def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     [
         (["--rules", "fa,sgd"], "unknown rule"),
         (["--model", "resnet21"], "resnet<6n+2>"),
+        (["--model", "vit"], "transformer"),
+        (["--patch-size", "0"], "must be > 0"),
         (["--dataset", "imagenet"], "invalid choice"),
         (["--classes", "1"], "--classes must be >= 2"),
         (["--epochs", "0"], "must be > 0"),
@@ -166,6 +170,59 @@ def test_class_subsets_and_lenet(tmp_path):
     # Each seed draws its own classes.
     assert first["classes"] != second["classes"]
     assert _cells(out)[0].startswith("digits-c3__lenet__fa")
+
+
+def test_transformer_cells(tmp_path):
+    out = str(tmp_path / "runs")
+    run.main(
+        ["--model", "transformer", "--rules", "fa,dfa", "--output", out]
+        + ["--epochs", "1", "--probe", "64", "--quiet"]
+    )
+    records = {}
+    for name in _cells(out):
+        record = json.load(open(os.path.join(out, "cells", name)))
+        records[record["rule"]] = record
+        assert 0.0 <= record["test_accuracy"] <= 1.0
+        # digits: 8x8 images cut into 16 patches of 2x2.
+        built = keras_fa.models.transformer(
+            (64,), 10, record["rule"], image_shape=(8, 8, 1), patch_size=2
+        )
+        assert record["parameters"] == built.count_params()
+    assert sorted(records) == ["dfa", "fa"]
+    # Every kernel is measured, attention projections too.
+    layers = records["fa"]["layers"]
+    assert sum(name.endswith("/query") for name in layers) == 2
+    angles = records["fa"]["hidden_update_angles"]
+    assert len(angles) == len(layers) - 1 == 1 + 2 * 6
+    assert min(angles) > 5  # not silently backprop
+
+
+def test_transformer_patches():
+    def task(name, input_shape):
+        return types.SimpleNamespace(name=name, input_shape=input_shape)
+
+    args = run.parse_args(["--model", "transformer"])
+    assert "patch_size" not in run.config_of(args)
+    cases = [
+        (task("digits", (64,)), {"image_shape": (8, 8, 1), "patch_size": 2}),
+        (task("mnist", (28, 28, 1)), {"patch_size": 4}),
+        (task("cifar10", (32, 32, 3)), {"patch_size": 4}),
+        (task("mnist1d", (40,)), {}),  # a sequence of 40 tokens
+    ]
+    for each, expected in cases:
+        assert run.model_kwargs(args, each, "transformer") == expected
+        built = keras_fa.models.get(
+            "transformer", each.input_shape, 10, "fa", hidden_dim=4, **expected
+        )
+        assert built.output_shape == (None, 10)
+    assert run.model_kwargs(args, task("digits", (64,)), "mlp") == {}
+    args = run.parse_args(["--model", "transformer", "--patch-size", "3"])
+    assert run.config_of(args)["patch_size"] == 3
+    with pytest.raises(SystemExit, match="--patch-size 3 does not tile"):
+        run.model_kwargs(args, task("digits", (64,)), "transformer")
+    assert run.model_kwargs(args, task("x", (12, 3)), "transformer") == {
+        "patch_size": 3
+    }
 
 
 def test_tfds_dataset_through_mock_data(tmp_path, monkeypatch):

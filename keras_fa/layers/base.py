@@ -8,6 +8,7 @@ import keras
 from keras import initializers
 from keras import ops
 
+from keras_fa import distribution as distribution_lib
 from keras_fa import feedback as feedback_lib
 from keras_fa import tracing
 
@@ -109,11 +110,15 @@ class FeedbackMixin:
         )
         self.feedback.validate(self)
 
+    def _forward_kernel(self):
+        # The stored kernel variable, not the LoRA sum `kernel` returns.
+        kernel = getattr(self, "_kernel", None)
+        return self.kernel if kernel is None else kernel
+
     @property
     def kernel_shape_for_feedback(self):
         """The shape of the feedback kernel: that of the forward kernel."""
-        kernel = getattr(self, "_kernel", None)
-        return tuple((self.kernel if kernel is None else kernel).shape)
+        return tuple(self._forward_kernel().shape)
 
     @property
     def feedback_fans(self):
@@ -127,7 +132,12 @@ class FeedbackMixin:
         locked = self._tracker.locked
         self._tracker.unlock()
         try:
-            self.feedback.build(self)
+            # Under a keras.distribution, feedback kernels are laid out as
+            # the forward kernel (keras_fa.distribution says how).
+            with distribution_lib.kernel_layout_scope(
+                self, self._forward_kernel()
+            ):
+                self.feedback.build(self)
         finally:
             if locked:
                 self._tracker.lock()
