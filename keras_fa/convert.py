@@ -5,6 +5,8 @@ import warnings
 import keras
 
 from keras_fa import feedback as feedback_lib
+from keras_fa.cloning import copy_operation
+from keras_fa.cloning import from_config
 from keras_fa.direct import DIRECT_RULES
 from keras_fa.layers import REPLACEMENTS
 from keras_fa.layers import FADense
@@ -121,7 +123,7 @@ def convert(
 
     def clone(operation):
         if not isinstance(operation, keras.layers.Layer):
-            return _clone_operation(operation)
+            return copy_operation(operation, CALLER)
         config = dict(
             feedback=feedback_lib.serialize(rule),
             feedback_initializer=KERNEL
@@ -148,6 +150,8 @@ def convert(
         )
     return new_model
 
+
+CALLER = "keras_fa.convert"
 
 #: The `feedback_initializer` of `convert` that draws each layer's
 #: feedback weights like its forward kernel.
@@ -250,54 +254,10 @@ def _clone_layer(layer, feedback_config):
         config.update(like_kernel(feedback_config, config))
         return target.from_config(config), True
     if _converts_inside(layer):
-        return _from_config(
-            layer, lambda: convert_layer(layer, **feedback_config)
+        return from_config(
+            layer, lambda: convert_layer(layer, **feedback_config), CALLER
         ), True
-    if type(layer) is keras.layers.Lambda:
-        # Its config holds the function as bytecode, which Keras refuses to
-        # load in safe mode; the copy takes the function itself.
-        return keras.layers.Lambda(
-            layer.function,
-            output_shape=layer._output_shape,
-            mask=layer.mask,
-            arguments=layer.arguments,
-            name=layer.name,
-            dtype=layer.dtype_policy,
-        ), False
-    try:
-        config = layer.get_config()
-    except NotImplementedError as error:
-        kind = "model" if isinstance(layer, keras.Model) else "layer"
-        raise ValueError(
-            f"keras_fa.convert cannot copy the {kind} '{layer.name}' "
-            f"({type(layer).__name__}): it has no config. Give its class a "
-            "`get_config` (and `from_config` if needed), or use keras_fa "
-            "layers in its code and build the model with them."
-        ) from error
-    return _from_config(layer, lambda: type(layer).from_config(config)), False
-
-
-def _from_config(layer, make):
-    # A layer whose config does not fit its __init__ (KerasHub 0.32's
-    # ViTPatchingAndEmbedding) cannot be copied: say which, and why.
-    try:
-        return make()
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"keras_fa.convert cannot copy the layer '{layer.name}' "
-            f"({type(layer).__name__}) from its config: {error} "
-            "(keras.models.clone_model fails on it the same way; its "
-            "`get_config` must give what its `__init__` takes.)"
-        ) from error
-
-
-def _clone_operation(operation):
-    # `x + y` or `keras.ops.concatenate` on symbolic tensors: an operation
-    # without state. One whose arguments have no config is reused as it is.
-    try:
-        return type(operation).from_config(operation.get_config())
-    except (NotImplementedError, TypeError, ValueError):
-        return operation
+    return copy_operation(layer, CALLER), False
 
 
 def _converts_inside(layer):

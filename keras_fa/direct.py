@@ -41,11 +41,13 @@ import keras
 from keras import ops
 
 from keras_fa import tracing
+from keras_fa.cloning import copy_operation
 from keras_fa.layers.base import feedback_seed
 from keras_fa.layers.base import get_feedback_initializer
 from keras_fa.layers.base import reseeded
 from keras_fa.layers.base import standardize_seed
 
+CALLER = "keras_fa.direct_feedback"
 DIRECT_RULES = ("dfa", "drtp", "shallow")
 
 
@@ -905,7 +907,8 @@ def _rebuild(graph, taps, logits, activation, head_config):
     for node, _ in graph.nodes:
         op = node.operation
         if id(op) not in copies:
-            copies[id(op)] = (op, _copy_operation(op, names[id(op)]))
+            copy = copy_operation(op, CALLER, names[id(op)])
+            copies[id(op)] = (op, copy)
             if op is output_layer and activation is not None:
                 copies[id(op)][1].activation = keras.activations.linear
         args, kwargs = node.arguments.convert(value)
@@ -929,37 +932,6 @@ def _rebuild(graph, taps, logits, activation, head_config):
             _copy_weights(old, new)
     outputs = values[id(graph.resolve(model.outputs[0]))]
     return DirectFeedbackModel(new_inputs, outputs)
-
-
-def _copy_operation(op, name):
-    """A new layer (or operation) with the configuration of `op`."""
-    if not isinstance(op, keras.layers.Layer):
-        # `x + y` on symbolic tensors: an operation without state. One
-        # whose arguments have no config is reused as it is.
-        try:
-            return type(op).from_config({**op.get_config(), "name": name})
-        except (NotImplementedError, TypeError, ValueError):
-            return op
-    if type(op) is keras.layers.Lambda:
-        # Its config holds the function as bytecode, which Keras refuses to
-        # load in safe mode; the copy takes the function itself.
-        return keras.layers.Lambda(
-            op.function,
-            output_shape=op._output_shape,
-            mask=op.mask,
-            arguments=op.arguments,
-            name=name,
-            dtype=op.dtype_policy,
-        )
-    try:
-        config = op.get_config()
-    except NotImplementedError as error:
-        raise ValueError(
-            f"keras_fa.direct_feedback cannot copy layer '{op.name}' "
-            f"({type(op).__name__}): it has no config. Give its class a "
-            "`get_config`."
-        ) from error
-    return type(op).from_config({**config, "name": name})
 
 
 def _copy_weights(old, new):
