@@ -28,7 +28,9 @@ from keras_fa.layers import FAConv1D
 from keras_fa.layers import FAConv2D
 from keras_fa.layers import FADense
 from keras_fa.layers import FAMultiHeadAttention
+from keras_fa.layers.base import reseeded
 from keras_fa.layers.base import standardize_seed
+from keras_fa.layers.einsum_dense import with_kernel_axes
 
 MODELS = ("mlp", "lenet", "resnet", "transformer")
 
@@ -108,7 +110,13 @@ class _Network:
             kernel_seed = self._next_seed()
             if kernel_seed is not None:
                 kernel = projection._kernel
-                initializer = keras.initializers.GlorotUniform(kernel_seed)
+                # The projection's own initializer, with the fans Keras
+                # takes from its equation (not from the kernel's shape).
+                initializer = with_kernel_axes(
+                    reseeded(projection.kernel_initializer, kernel_seed),
+                    projection.equation,
+                    len(projection.get_build_config()["input_shape"]),
+                )
                 kernel.assign(initializer(kernel.shape, dtype=kernel.dtype))
         return layer
 

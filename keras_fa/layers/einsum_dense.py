@@ -10,6 +10,33 @@ from keras_fa.ops import einsum_specs
 from keras_fa.ops import feedback_einsum
 
 
+def kernel_axes(equation, input_rank):
+    """Returns `(input_axes, output_axes)`: the axes of an einsum kernel
+    shared with the input, and with the output (its fans, as Keras's
+    EinsumDense counts them)."""
+    in_spec, kernel_spec, out_spec = einsum_specs(equation, input_rank)
+    return (
+        [i for i, c in enumerate(kernel_spec) if c in in_spec],
+        [i for i, c in enumerate(kernel_spec) if c in out_spec],
+    )
+
+
+def with_kernel_axes(initializer, equation, input_rank):
+    """Returns `initializer` with the kernel axes of `equation` if it is a
+    variance-scaling initializer without them (as EinsumDense draws its
+    kernel), else `initializer` itself."""
+    if not isinstance(initializer, keras.initializers.VarianceScaling) or (
+        initializer.input_axes is not None
+        and initializer.output_axes is not None
+    ):
+        return initializer
+    input_axes, output_axes = kernel_axes(equation, input_rank)
+    config = initializer.get_config()
+    config["input_axes"] = input_axes
+    config["output_axes"] = output_axes
+    return type(initializer).from_config(config)
+
+
 @keras.saving.register_keras_serializable(package="keras_fa")
 class FAEinsumDense(FeedbackMixin, keras.layers.EinsumDense):
     """Einsum projection whose backward pass follows a feedback rule.
@@ -61,24 +88,13 @@ class FAEinsumDense(FeedbackMixin, keras.layers.EinsumDense):
 
     def build(self, input_shape):
         super().build(input_shape)
-        in_spec, kernel_spec, out_spec = einsum_specs(
+        # Fans from the equation, as EinsumDense takes its kernel's.
+        self._input_axes, self._output_axes = kernel_axes(
             self.equation, len(input_shape)
         )
-        # Fans from the equation, as EinsumDense takes its kernel's.
-        self._input_axes = [
-            i for i, c in enumerate(kernel_spec) if c in in_spec
-        ]
-        self._output_axes = [
-            i for i, c in enumerate(kernel_spec) if c in out_spec
-        ]
-        init = self.feedback_initializer
-        if isinstance(init, keras.initializers.VarianceScaling) and (
-            init.input_axes is None or init.output_axes is None
-        ):
-            config = init.get_config()
-            config["input_axes"] = self._input_axes
-            config["output_axes"] = self._output_axes
-            self.feedback_initializer = type(init).from_config(config)
+        self.feedback_initializer = with_kernel_axes(
+            self.feedback_initializer, self.equation, len(input_shape)
+        )
         self._build_feedback()
 
     @property
