@@ -48,6 +48,8 @@ from keras_fa.layers.base import reseeded
 from keras_fa.layers.base import standardize_seed
 
 CALLER = "keras_fa.direct_feedback"
+#: How a tap with positions the logits do not have gets its signal.
+POSITIONS = ("flatten", "shared")
 DIRECT_RULES = ("dfa", "drtp", "shallow")
 
 
@@ -133,6 +135,12 @@ class DirectFeedback(keras.layers.Layer):
         feedback_initializer: initializer of the B_l. Default
             `"glorot_uniform"`.
         seed: integer seed of the B_l; the same seed gives the same B_l.
+        positions: `"flatten"` (default) or `"shared"`: with
+            `(batch, classes)` logits, a tap of shape `(batch, *positions,
+            features)` gets, under `"shared"`, one B_l of shape
+            `(classes, features)` for all its positions, each receiving
+            `e B_l / prod(positions)` (the way mean pooling shares the
+            error), instead of the flattened projection.
         **kwargs: base layer arguments (name, dtype...).
 
     Example:
@@ -159,18 +167,25 @@ class DirectFeedback(keras.layers.Layer):
         feedback="dfa",
         feedback_initializer="glorot_uniform",
         seed=None,
+        positions="flatten",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.feedback = _check_rule(feedback)
         self.seed = standardize_seed(seed)
+        if positions not in POSITIONS:
+            raise ValueError(
+                f"`positions` must be one of {', '.join(POSITIONS)}. "
+                f"Received: positions={positions!r}"
+            )
+        self.positions = positions
         self._unseeded_feedback_initializer = get_feedback_initializer(
             feedback_initializer
         )
         self._scratch = _Scratch()
         self.feedback_kernels = []
-        # Per tap: whether it is fed position by position (set by build).
-        self._per_position = []
+        # Per tap, how e reaches it: "position", "flatten" or "shared".
+        self._modes = []
 
     def _initializer(self, index):
         return reseeded(
@@ -195,14 +210,23 @@ class DirectFeedback(keras.layers.Layer):
         n_out = logits_shape[-1]
         positions = logits_shape[1:-1]
         self.feedback_kernels = []
-        self._per_position = []
+        self._modes = []
         for i, shape in enumerate(tap_shapes):
-            per_position = (
+            mode = "flatten"
+            if (
                 len(shape) >= 2
                 and shape[-1] is not None
                 and _compatible(shape[1:-1], positions)
-            )
-            if per_position:
+            ):
+                mode = "position"
+            elif (
+                self.positions == "shared"
+                and not positions
+                and len(shape) >= 3
+                and shape[-1] is not None
+            ):
+                mode = "shared"
+            if mode != "flatten":
                 kernel_shape = (n_out, shape[-1])
             elif all(d is not None for d in positions + shape[1:]):
                 kernel_shape = (
@@ -219,7 +243,7 @@ class DirectFeedback(keras.layers.Layer):
                     "dimension of the tap and of the logits' positions "
                     "known."
                 )
-            self._per_position.append(per_position)
+            self._modes.append(mode)
             self.feedback_kernels.append(
                 self.add_weight(
                     name=f"feedback_kernel_{i}",
@@ -245,7 +269,7 @@ class DirectFeedback(keras.layers.Layer):
             for b in self.feedback_kernels
         ]
         shapes = [tuple(t.shape[1:]) for t in taps]
-        per_position = list(self._per_position)
+        modes = list(self._modes)
         n = len(taps)
 
         @ops.custom_gradient
@@ -253,9 +277,9 @@ class DirectFeedback(keras.layers.Layer):
             def grad(*upstreams, upstream=None):
                 e = upstreams[0] if upstream is None else upstream
                 d_taps = tuple(
-                    ops.cast(_project(e, b, per, shape), tap.dtype)
-                    for tap, b, per, shape in zip(
-                        args[:n], args[n:], per_position, shapes
+                    ops.cast(_project(e, b, mode, ops.shape(tap)), tap.dtype)
+                    for tap, b, mode, shape in zip(
+                        args[:n], args[n:], modes, shapes
                     )
                 )
                 return (e, *d_taps, *(None for _ in range(n)))
@@ -316,12 +340,12 @@ class DirectFeedback(keras.layers.Layer):
             ops.convert_to_tensor(ops.shape(logits)[:-1], dtype="int32")
         )
         total = ops.zeros((), dtype=logits.dtype)
-        for tap, b, per in zip(taps, self.feedback_kernels, self._per_position):
+        for tap, b, mode in zip(taps, self.feedback_kernels, self._modes):
             signal = _project(
                 ops.cast(target, tap.dtype),
                 ops.cast(b, tap.dtype),
-                per,
-                ops.shape(tap)[1:],
+                mode,
+                ops.shape(tap),
             )
             signal = ops.stop_gradient(signal / ops.cast(count, tap.dtype))
             term = ops.cast(ops.sum(tap * signal), logits.dtype)
@@ -336,15 +360,27 @@ class DirectFeedback(keras.layers.Layer):
                 self._unseeded_feedback_initializer
             ),
             "seed": self.seed,
+            "positions": self.positions,
         }
 
 
-def _project(signal, b, per_position, tap_shape):
-    """`signal` (batch, *positions, classes) through B to a tap's shape."""
-    if per_position:
+def _project(signal, b, mode, tap_shape):
+    """`signal` (batch, *positions, classes) through B to a tap's shape
+    (`tap_shape` with the batch)."""
+    if mode == "position":
         return ops.matmul(signal, b)
+    if mode == "shared":
+        # One B for every position of the tap; each gets 1/P of e B, as
+        # mean pooling shares the error among them.
+        projected = ops.matmul(signal, b)
+        for _ in range(len(tap_shape) - 2):
+            projected = ops.expand_dims(projected, 1)
+        count = ops.prod(ops.convert_to_tensor(tap_shape[1:-1], "int32"))
+        return ops.broadcast_to(
+            projected / ops.cast(count, projected.dtype), tap_shape
+        )
     flat = ops.reshape(signal, (-1, b.shape[0]))
-    return ops.reshape(ops.matmul(flat, b), (-1, *tap_shape))
+    return ops.reshape(ops.matmul(flat, b), tap_shape)
 
 
 @keras.saving.register_keras_serializable(package="keras_fa")
@@ -511,6 +547,7 @@ def direct_feedback(
     feedback_initializer="glorot_uniform",
     seed=None,
     taps=None,
+    positions="flatten",
 ):
     """Returns a copy of a Sequential or functional model trained by a
     direct rule.
@@ -564,6 +601,14 @@ def direct_feedback(
             layer of the model, or a symbolic tensor of the model (the
             output of `x + y`). Tap i gets the head's B_i. None: the blocks
             of a Sequential model; required for a functional model.
+        positions: how a tap with positions the logits do not have (a
+            `(batch, time, features)` block output under a pooled
+            `(batch, classes)` head) gets its signal: `"flatten"` (one B
+            row per position, B of shape `(classes, time x features)`) or
+            `"shared"` (one B of shape `(classes, features)` for every
+            position, each getting `e B / time`, as mean pooling shares
+            the error; on a pooled transformer classifier it learns far
+            better). See `DirectFeedback`.
 
     Returns:
         A `keras_fa.DirectFeedbackModel`.
@@ -580,6 +625,11 @@ def direct_feedback(
     ...     lm, "dfa", taps=["transformer_layer_0", "transformer_layer_1"])
     """
     feedback = _check_rule(feedback)
+    if positions not in POSITIONS:
+        raise ValueError(
+            f"`positions` must be one of {', '.join(POSITIONS)}. "
+            f"Received: positions={positions!r}"
+        )
     seed = standardize_seed(seed)
     initializer = get_feedback_initializer(feedback_initializer)
     graph = _check_model(model)
@@ -617,6 +667,7 @@ def direct_feedback(
             feedback=feedback,
             feedback_initializer=initializer,
             seed=seed,
+            positions=positions,
         ),
     )
 

@@ -53,6 +53,8 @@ class _Network:
         self.seed = standardize_seed(seed)
         self._count = 0
         self.taps = []
+        # How the direct head feeds taps with positions the logits lack.
+        self.positions = "flatten"
 
     def _next_seed(self):
         self._count += 1
@@ -136,7 +138,9 @@ class _Network:
     def model(self, inputs, logits, name):
         if not self.direct:
             return keras.Model(inputs, logits, name=name)
-        head = DirectFeedback(self.direct, seed=self.seed)
+        head = DirectFeedback(
+            self.direct, seed=self.seed, positions=self.positions
+        )
         outputs = head([logits, *self.taps])
         return DirectFeedbackModel(inputs, outputs, name=name)
 
@@ -543,7 +547,11 @@ def transformer(
     `"pool"` averages the tokens and gives `(batch, num_classes)` logits;
     `"token"` gives logits per token, `(batch, length, num_classes)`
     (language modelling with `use_causal_mask=True`, token
-    classification).
+    classification). Under direct rules, every block's output is tapped;
+    with the pooled head its tokens share one B_l of shape `(num_classes,
+    hidden_dim)` (`DirectFeedback(positions="shared")`: each token gets
+    `e B_l / length`), with the token head each token gets its own
+    position's `e_t B_l`.
 
     Under a layer-wise rule every kernel layer is a keras_fa layer (the
     attention projections are `FAEinsumDense`); the embedding tables learn
@@ -622,6 +630,10 @@ def transformer(
             f"width, channels). Received: input_shape={input_shape!r}"
         )
     net = _Network(feedback, seed)
+    # A pooled head shares the error among the tokens: each token of a tap
+    # gets the same direct signal (one B of hidden_dim columns, scaled by
+    # 1/length) rather than a B row per token, which trains far better.
+    net.positions = "shared"
     if vocabulary_size is None:
         inputs, x = _feature_inputs(
             net, input_shape, hidden_dim, patch_size, image_shape

@@ -585,3 +585,73 @@ def test_errors():
     head([logits, np.zeros((N, T, 5), "float32")])
     with pytest.raises(ValueError, match=r"y of shape \(4,\)"):
         head.target_loss(np.zeros((N,)), logits)
+
+
+# ---------------------------------------------------------------------------
+# positions="shared": a pooled head, one B for every position of a tap.
+
+
+@pytest.mark.parametrize("rule", ["dfa", "drtp"])
+def test_shared_positions_closed_form(rule):
+    """Logits (batch, classes) from the mean of a (batch, time, 5) tap:
+    with positions="shared" the tap has one B of shape (classes, 5) and each
+    position gets `e B / time` (dfa) or `y* B / (batch * time)` (drtp)."""
+    inputs = keras.Input((T, 4))
+    h = layers.Dense(
+        5, activation="tanh", bias_initializer=random_init(1), name="h"
+    )(inputs)
+    pooled = layers.GlobalAveragePooling1D()(h)
+    logits = layers.Dense(C, bias_initializer=random_init(2), name="out")(
+        pooled
+    )
+    model = keras_fa.direct_feedback(
+        keras.Model(inputs, logits),
+        rule,
+        seed=3,
+        taps=["h"],
+        positions="shared",
+    )
+    x, y = seq_data()
+    y = y[:, 0]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(loss=loss)
+    hl, outl = model.get_layer("h"), model.get_layer("out")
+    w1, b1, w2, b2 = (
+        f64(v) for v in (hl.kernel, hl.bias, outl.kernel, outl.bias)
+    )
+    (b,) = (f64(k) for k in head_of(model).feedback_kernels)
+    assert b.shape == (C, 5)
+    h_value = np.tanh(x @ w1 + b1)
+    z = h_value.mean(1) @ w2 + b2
+    e = (softmax(z) - np.eye(C)[y]) / N
+    s = signal(rule, e, np.eye(C)[y], b, N) / T  # (N, 5), every position
+    delta = s[:, None, :] * (1 - h_value**2)
+    expected = np.einsum("nti,ntj->ij", x, delta)
+    for compiled in COMPILED:
+        grads = model_gradients(
+            model,
+            x,
+            lambda y_pred: model.compute_loss(x=x, y=y, y_pred=y_pred),
+            compiled=compiled,
+        )
+        np.testing.assert_allclose(
+            grads[hl.kernel.path],
+            expected,
+            RTOL,
+            ATOL,
+            err_msg=f"{rule} compiled={compiled}",
+        )
+    # Not the flattened projection, which would give each position its own
+    # B row, nor backprop.
+    flat = keras_fa.direct_feedback(
+        keras.Model(inputs, logits), rule, seed=3, taps=["h"]
+    )
+    assert tuple(head_of(flat).feedback_kernels[0].shape) == (C, T * 5)
+    backprop = np.einsum(
+        "nti,ntj->ij", x, ((e @ w2.T) / T)[:, None, :] * (1 - h_value**2)
+    )
+    assert np.abs(expected - backprop).max() > 0.05 * np.abs(backprop).max()
+    with pytest.raises(ValueError, match="`positions` must be one of"):
+        keras_fa.direct_feedback(
+            keras.Model(inputs, logits), rule, taps=["h"], positions="mean"
+        )
