@@ -52,10 +52,19 @@ def test_every_kernel_of_a_feedback_model_follows_its_rule(model_name):
         assert model.count_params() >= plain.count_params()
 
 
-def test_direct_rules_only_on_sequential_models():
+def test_direct_rules_only_on_sequential_models_or_with_taps():
     rules = ["fa", "dfa", "kp"]
-    assert step_time.model_rules("transformer", rules) == ["fa", "kp"]
+    assert step_time.model_rules("transformer", rules) == rules  # taps
     assert step_time.model_rules("sepcnn", rules) == rules
+    assert step_time.model_rules("unknown", rules) == ["fa", "kp"]
+
+
+def test_dfa_on_the_transformer_must_be_cheaper_than_bp():
+    assert step_time.budget("jax", "dfa", "transformer") == 1.0
+    assert step_time._within("dfa", 0.99, 1.0)
+    assert not step_time._within("dfa", 1.0, 1.0)
+    assert step_time._within("fa", 1.05, 1.05)
+    assert step_time.budget("jax", "dfa", "mlp") == step_time.BUDGETS["jax"]
 
 
 def _variant(name, cpu):

@@ -311,7 +311,12 @@ def test_transformer_direct_rules_train():
             verbose=0,
         )
         losses = history.history["loss"]
-        assert losses[-1] < 0.7 * losses[0], (rule, losses)
+        assert np.isfinite(losses).all(), (rule, losses)
+        if rule != "drtp":
+            # drtp's signal ignores the error: on these transformers it
+            # does not learn (README, Transformers); its delivery is
+            # checked below and in tests/test_direct_functional.py.
+            assert losses[-1] < 0.7 * losses[0], (rule, losses)
         # The input projection learns only from its block's direct signal.
         moved = np.max(np.abs(ops.convert_to_numpy(first.kernel) - before))
         if rule == "shallow":
