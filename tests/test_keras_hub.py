@@ -41,7 +41,7 @@ def bert():
     keras.utils.set_random_seed(0)
     return keras_hub.models.BertBackbone(
         vocabulary_size=50,
-        num_layers=2,
+        num_layers=1,
         num_heads=2,
         hidden_dim=16,
         intermediate_dim=32,
@@ -61,7 +61,7 @@ def bert_inputs():
 
 def assert_all_on(model, rule):
     rows = keras_fa.feedback_summary(model, print_fn=None)
-    assert len(rows) > 10
+    assert len(rows) >= 10
     for row in rows:
         assert row.rule == rule or row.note == NO_INPUT_GRADIENT, row
     return rows
@@ -77,7 +77,7 @@ def test_convert_strict_puts_every_kernel_on_the_rule(name):
     converted = keras_fa.convert(model, "fa", seed=0, strict=True)
     rows = assert_all_on(converted, "fa")
     # The attention projections and MLPs inside KerasHub's own layers.
-    inner = [row for row in rows if "transformer_layer_1/" in row.path]
+    inner = [row for row in rows if "transformer_layer_0/" in row.path]
     assert {row.layer for row in inner} == {"FAEinsumDense", "FADense"}
     assert len(inner) == 6
     # The forward pass is KerasHub's, exactly (BERT: sequence and pooled).
