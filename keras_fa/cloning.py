@@ -8,6 +8,14 @@ make them (weights are copied afterwards).
 import keras
 
 
+def is_graph_model(layer):
+    """Whether `layer` is a Sequential or functional model: a graph of
+    layers that `keras.models.clone_model` rebuilds layer by layer."""
+    return isinstance(layer, keras.Sequential) or (
+        isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth")
+    )
+
+
 def copy_operation(operation, caller, name=None):
     """Returns a new layer or operation configured like `operation`.
 

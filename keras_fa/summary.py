@@ -5,6 +5,7 @@ import typing
 
 import keras
 
+from keras_fa.cloning import is_graph_model  # noqa: F401 (public here)
 from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
 from keras_fa.layers import FAReversibleEmbedding
@@ -85,14 +86,6 @@ def check_model(model, caller, accepted="a keras.Model"):
             f"{caller}: model '{model.name}' is not built; build it first "
             "(call it on data or start with keras.Input)."
         )
-
-
-def is_graph_model(layer):
-    """Whether `layer` is a Sequential or functional model: a graph of
-    layers that `keras.models.clone_model` rebuilds layer by layer."""
-    return isinstance(layer, keras.Sequential) or (
-        isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth")
-    )
 
 
 def kernels(model):

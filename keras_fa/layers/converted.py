@@ -21,6 +21,7 @@ import importlib
 import keras
 
 from keras_fa import feedback as feedback_lib
+from keras_fa.cloning import is_graph_model
 from keras_fa.layers.base import get_feedback_initializer
 from keras_fa.layers.base import layer_seed
 from keras_fa.layers.base import standardize_seed
@@ -39,12 +40,6 @@ def _replacements():
     return REPLACEMENTS
 
 
-def _is_graph_model(layer):
-    return isinstance(layer, keras.Sequential) or (
-        isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth")
-    )
-
-
 def replaceable_sublayers(layer):
     """Returns the inner layers of `layer` (at any depth, graph models
     aside) that have a keras_fa version: those a converted `layer` puts
@@ -53,7 +48,7 @@ def replaceable_sublayers(layer):
     for sublayer in layer._layers:
         if type(sublayer) in _replacements():
             found.append(sublayer)
-        elif not _is_graph_model(sublayer):
+        elif not is_graph_model(sublayer):
             found.extend(replaceable_sublayers(sublayer))
     return found
 
@@ -225,7 +220,7 @@ def _replace_sublayers(layer, feedback_config, seed, counter):
     for old in list(layer._layers):
         target = _replacements().get(type(old))
         if target is None:
-            if not _is_graph_model(old):
+            if not is_graph_model(old):
                 _replace_sublayers(old, feedback_config, seed, counter)
             continue
         config = old.get_config()
