@@ -30,6 +30,7 @@ on jax, `tf.distribute.MirroredStrategy` on tensorflow).
 import argparse
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -324,10 +325,19 @@ def _distribution(args):
                 f"{len(devices)} devices to shard it over."
             )
         return None, len(devices)
+    # MirroredStrategy splits uneven batches itself.
+    return _mirrored_strategy(), 1
+
+
+@functools.cache
+def _mirrored_strategy():
+    # One strategy per process: a second MirroredStrategy reuses the first
+    # one's collective instance keys, and its all-reduce then fails on
+    # gradients of another shape ("Shape mismatch in the collective
+    # instance 100") when a run's cells train models of different sizes.
     import tensorflow as tf
 
-    # MirroredStrategy splits uneven batches itself.
-    return tf.distribute.MirroredStrategy(), 1
+    return tf.distribute.MirroredStrategy()
 
 
 def _even(dataset, shards, examples, batch_size):

@@ -118,9 +118,6 @@ NUM_CLASSES = 10
 # each step; an optimizer update of B; wm's noise draw, mirror products and
 # update of B) is the rule's own, not overhead.
 BUDGETS = {"tensorflow": 1.05, "jax": 1.05, "torch": 1.10}
-# Direct rules skip the backward pass through the blocks above each tap:
-# on the transformer a dfa step must cost less than backprop's.
-DIRECT_BUDGETS = {"transformer": 1.0}
 UNBUDGETED = ("brsf", "kp", "wm")
 QUICK = {"repeats": 1, "steps": 1, "batch_size": 8, "warmup": 1}
 DEFAULTS = {"repeats": 21, "steps": 10, "batch_size": 128, "warmup": 2}
@@ -411,22 +408,17 @@ def benchmark(
     return variants
 
 
-def budget(backend, rule, model_name=None):
+def budget(backend, rule):
     """Returns the most a step of `rule` may cost relative to plain Keras on
     `backend` (CPU time), or None where no budget applies."""
     if rule == PLAIN or rule in UNBUDGETED:
         return None
-    if rule == "dfa" and model_name in DIRECT_BUDGETS:
-        return DIRECT_BUDGETS[model_name]
     return BUDGETS[backend]
 
 
-def _within(rule, cpu_ratio, limit):
-    # A direct rule's budget on the transformer is strict: cheaper than bp.
+def _within(cpu_ratio, limit):
     if limit is None:
         return None
-    if rule in DIRECT_RULES:
-        return round(cpu_ratio, 3) < limit
     return round(cpu_ratio, 3) <= limit
 
 
@@ -440,7 +432,7 @@ def rows(results, backend):
         for variant in variants:
             wall = statistics.median(variant.wall)
             cpu = statistics.median(variant.cpu)
-            limit = budget(backend, variant.name, variant.model_name)
+            limit = budget(backend, variant.name)
             cpu_ratio = cpu / plain_cpu
             out.append(
                 {
@@ -453,7 +445,7 @@ def rows(results, backend):
                     "cpu_ms_per_step": 1e3 * cpu,
                     "cpu_ratio": cpu_ratio,
                     "budget": limit,
-                    "within_budget": _within(variant.name, cpu_ratio, limit),
+                    "within_budget": _within(cpu_ratio, limit),
                     "wall_ms": [1e3 * t for t in variant.wall],
                     "cpu_ms": [1e3 * t for t in variant.cpu],
                 }
@@ -517,8 +509,7 @@ def describe(args, results):
         f"load average {args.load[0]:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end. "
         f"Budget: CPU ratio <= {BUDGETS[backend]:.2f} for every rule but "
-        f"{', '.join(UNBUDGETED)}; dfa < 1 (cheaper than backprop) on "
-        f"{', '.join(DIRECT_BUDGETS)}."
+        f"{', '.join(UNBUDGETED)}."
         + "".join(f" Feedback models of {line}." for line in built)
         + (quick if args.quick else "")
     )

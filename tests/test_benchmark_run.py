@@ -172,31 +172,39 @@ def test_class_subsets_and_lenet(tmp_path):
     assert _cells(out)[0].startswith("digits-c3__lenet__fa")
 
 
-def test_transformer_cells(tmp_path):
-    out = str(tmp_path / "runs")
-    run.main(
-        # fa only: direct rules on the transformer are trained in
-        # tests/test_models.py and examples/transformer.py's test.
-        ["--model", "transformer", "--rules", "fa", "--output", out]
-        + ["--epochs", "1", "--probe", "64", "--quiet"]
+def _check_transformer_cell(out):
+    # The cell of `--model transformer --rules fa` on digits in `out`.
+    assert _cells(out) == ["digits__transformer__fa__seed0.json"]
+    record = json.load(open(os.path.join(out, "cells", _cells(out)[0])))
+    assert 0.0 <= record["test_accuracy"] <= 1.0
+    # digits: 8x8 images cut into 16 patches of 2x2.
+    built = keras_fa.models.transformer(
+        (64,), 10, "fa", image_shape=(8, 8, 1), patch_size=2
     )
-    records = {}
-    for name in _cells(out):
-        record = json.load(open(os.path.join(out, "cells", name)))
-        records[record["rule"]] = record
-        assert 0.0 <= record["test_accuracy"] <= 1.0
-        # digits: 8x8 images cut into 16 patches of 2x2.
-        built = keras_fa.models.transformer(
-            (64,), 10, record["rule"], image_shape=(8, 8, 1), patch_size=2
-        )
-        assert record["parameters"] == built.count_params()
-    assert sorted(records) == ["fa"]
+    assert record["parameters"] == built.count_params()
     # Every kernel is measured, attention projections too.
-    layers = records["fa"]["layers"]
+    layers = record["layers"]
     assert sum(name.endswith("/query") for name in layers) == 2
-    angles = records["fa"]["hidden_update_angles"]
+    angles = record["hidden_update_angles"]
     assert len(angles) == len(layers) - 1 == 1 + 2 * 6
     assert min(angles) > 5  # not silently backprop
+    return record
+
+
+# fa only: direct rules on the transformer are trained in tests/test_models.py
+# and examples/transformer.py's test.
+TRANSFORMER = ["--model", "transformer", "--rules", "fa", "--epochs", "1"]
+TRANSFORMER += ["--probe", "64", "--quiet"]
+
+
+@pytest.mark.skipif(
+    BACKEND != "torch",
+    reason="jax and tensorflow run this cell in the --distribute test",
+)
+def test_transformer_cells(tmp_path):
+    out = str(tmp_path / "runs")
+    run.main(TRANSFORMER + ["--output", out])
+    _check_transformer_cell(out)
 
 
 def test_transformer_patches():
@@ -329,24 +337,46 @@ _DISTRIBUTED = textwrap.dedent(
     run.main(common + ["--output", out + "/single"])
     run._distribution = lambda args: (real(args)[0], 2)
     run.main(common + ["--output", out + "/multi", "--distribute"])
+    # The transformer, on one device and on two.
+    transformer = json.loads(sys.argv[2])
+    run._distribution = lambda args: (None, 2)
+    run.main(transformer + ["--output", out + "/transformer_single"])
+    run._distribution = lambda args: (real(args)[0], 2)
+    run.main(
+        transformer + ["--output", out + "/transformer_multi", "--distribute"]
+    )
     """
 )
 
 
-@pytest.mark.skipif(BACKEND == "torch", reason="jax and tensorflow only")
-def test_distribute_matches_single_device(tmp_path):
+def _run_distributed(out):
+    # `_DISTRIBUTED` on 2 simulated devices, writing under `out`.
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
         "PYTHONPATH": ROOT,
     }
     subprocess.run(
-        [sys.executable, "-c", _DISTRIBUTED, str(tmp_path)],
+        [
+            sys.executable,
+            "-c",
+            _DISTRIBUTED,
+            str(out),
+            json.dumps(TRANSFORMER + ["--batch-size", "64"]),
+        ],
         check=True,
         env=env,
         cwd=ROOT,
-        timeout=600,
+        timeout=900,
     )
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="jax and tensorflow only")
+def test_distribute_matches_single_device(tmp_path):
+    # One subprocess for the MLP and the transformer (its start and the
+    # imports cost as much as a cell); xdist would run a shared fixture
+    # once per worker.
+    _run_distributed(tmp_path)
     for rule in ("fa", "dfa"):
         name = f"digits__mlp__{rule}__seed0.json"
         single = json.load(open(tmp_path / "single" / "cells" / name))
@@ -363,6 +393,18 @@ def test_distribute_matches_single_device(tmp_path):
             single["hidden_update_angles"],
             atol=0.5,
         )
+    # The transformer: --distribute accepts it, and its step is the same.
+    single = _check_transformer_cell(str(tmp_path / "transformer_single"))
+    multi = _check_transformer_cell(str(tmp_path / "transformer_multi"))
+    assert len(multi["devices"]) == 2
+    # One epoch of the same steps on one device and on two (the batch mean
+    # over two shards): equal up to float summation order.
+    assert multi["test_loss"] == pytest.approx(single["test_loss"], rel=1e-3)
+    np.testing.assert_allclose(
+        multi["hidden_update_angles"],
+        single["hidden_update_angles"],
+        atol=0.5,
+    )
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch refuses --distribute")

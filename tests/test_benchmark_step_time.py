@@ -59,12 +59,15 @@ def test_direct_rules_only_on_sequential_models_or_with_taps():
     assert step_time.model_rules("unknown", rules) == ["fa", "kp"]
 
 
-def test_dfa_on_the_transformer_must_be_cheaper_than_bp():
-    assert step_time.budget("jax", "dfa", "transformer") == 1.0
-    assert step_time._within("dfa", 0.99, 1.0)
-    assert not step_time._within("dfa", 1.0, 1.0)
-    assert step_time._within("fa", 1.05, 1.05)
-    assert step_time.budget("jax", "dfa", "mlp") == step_time.BUDGETS["jax"]
+def test_direct_rules_have_the_layer_wise_budget():
+    # dfa does the matmuls of backprop on a pre-norm transformer (each
+    # block's layer norm needs the gradient through q, k and v), so it gets
+    # the budget of the others, not "cheaper than bp" (README, Speed).
+    for rule in ("dfa", "drtp", "shallow"):
+        assert step_time.budget("jax", rule) == step_time.BUDGETS["jax"]
+    assert step_time._within(1.05, 1.05)
+    assert step_time._within(1.0504, 1.05)  # ratios are read to 3 places
+    assert not step_time._within(1.06, 1.05)
 
 
 def _variant(name, cpu):
