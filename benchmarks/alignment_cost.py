@@ -74,8 +74,15 @@ import numpy as np
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
+from benchmarks.shared import check_output_path  # noqa: E402
+from benchmarks.shared import int_in  # noqa: E402
+from benchmarks.shared import jit_compile  # noqa: E402
 from benchmarks.shared import limit_threads  # noqa: E402
 from benchmarks.shared import names  # noqa: E402
+from benchmarks.shared import non_negative_int  # noqa: E402
+from benchmarks.shared import positive_float  # noqa: E402
+from benchmarks.shared import positive_int  # noqa: E402
+from benchmarks.shared import positive_ints  # noqa: E402
 from benchmarks.shared import write_atomic  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -548,23 +555,20 @@ def header(argv, backend=None):
     )
 
 
-def _everys(text):
-    try:
-        values = [int(n) for n in text.split(",") if n.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers, got {text!r}"
-        )
-    return values
-
-
-def _jit_compile(text):
-    return {"auto": "auto", "true": True, "false": False}[text.lower()]
+def output_paths(output, backends):
+    """Returns the files `--output` names for `backends` (one per backend
+    where it holds '{backend}'; none for '' or None)."""
+    if not output:
+        return []
+    if "{backend}" not in output:
+        return [output]
+    return [output.replace("{backend}", backend) for backend in backends]
 
 
 def parse_args(argv=None):
+    """Parses the command line; exits as argparse does (status 2, naming
+    the flag, the value and what is allowed) on a bad value or an
+    `--output` that cannot be written, before anything is built."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -590,34 +594,42 @@ def parse_args(argv=None):
         help="comma-separated feedback rules: " + ",".join(RULES),
     )
     parser.add_argument(
-        "--steps", type=int, default=1000, help="training steps per timed run"
+        "--steps",
+        type=int_in(2),
+        default=1000,
+        help="training steps per timed run",
     )
     parser.add_argument(
-        "--repeats", type=int, default=5, help="timed runs per variant"
+        "--repeats", type=positive_int, default=5, help="timed runs per variant"
     )
     parser.add_argument(
-        "--every", type=int, default=100, help="the callbacks' `every`"
+        "--every", type=positive_int, default=100, help="the callbacks' `every`"
     )
     parser.add_argument(
         "--train-every",
-        type=_everys,
-        default=[100, 10, 1],
+        type=positive_ints,
+        default=(100, 10, 1),
         help="comma-separated `every` values of keras_fa.train",
     )
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument(
-        "--probe", type=int, default=256, help="AlignmentCallback probe batch"
+        "--probe",
+        type=positive_int,
+        default=256,
+        help="AlignmentCallback probe batch",
     )
-    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument(
+        "--learning-rate", type=positive_float, default=0.01, help="SGD's"
+    )
     parser.add_argument(
         "--jit-compile",
-        type=_jit_compile,
+        type=jit_compile,
         default="auto",
         help="passed to model.compile: auto, true or false",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="threads the backend computes with (0: its own choice)",
     )
@@ -634,7 +646,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.repeats, args.every = 60, 1, 20
-        args.train_every, args.probe = [20, 1], 32
+        args.train_every, args.probe = (20, 1), 32
         args.batch_size = 32
     args.models = names(args.models, MODELS, "--models")
     args.train_models = (
@@ -648,12 +660,10 @@ def parse_args(argv=None):
         if args.backends is None
         else names(args.backends, BACKENDS, "--backends")
     )
-    if min(args.repeats, args.steps, args.batch_size, args.probe) < 1:
-        parser.error("--repeats, --steps, --batch-size, --probe must be >= 1")
-    if args.every < 1 or args.threads < 0:
-        parser.error("--every must be >= 1 and --threads >= 0")
-    if args.steps < 2:
-        parser.error("--steps must be >= 2")
+    for path in output_paths(
+        args.output, args.backends or [keras.backend.backend()]
+    ):
+        check_output_path(parser, "--output", path)
     return args
 
 

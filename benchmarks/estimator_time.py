@@ -68,8 +68,14 @@ from sklearn.neural_network import MLPClassifier
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
+from benchmarks.shared import check_output_path  # noqa: E402
+from benchmarks.shared import float_in  # noqa: E402
 from benchmarks.shared import limit_threads  # noqa: E402
 from benchmarks.shared import names  # noqa: E402
+from benchmarks.shared import non_negative_int  # noqa: E402
+from benchmarks.shared import positive_int  # noqa: E402
+from benchmarks.shared import positive_ints  # noqa: E402
+from benchmarks.shared import seed  # noqa: E402
 from benchmarks.shared import write_atomic  # noqa: E402
 
 RULES = tuple(keras_fa.models.rules())
@@ -377,20 +383,16 @@ def report(args, argv, variants, data_shapes, load_before):
     )
 
 
-def _sizes(text):
-    try:
-        sizes = tuple(int(n) for n in text.split(",") if n.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers, got {text!r}"
-        )
-    return sizes
+def output_path(output):
+    """Returns the file `--output` names on the active backend ('' for
+    none)."""
+    return output.replace("{backend}", keras.backend.backend())
 
 
 def parse_args(argv=None):
-    """Parses the command line."""
+    """Parses the command line; exits as argparse does (status 2, naming
+    the flag, the value and what is allowed) on a bad value or an
+    `--output` that cannot be written, before any data is loaded."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -401,27 +403,32 @@ def parse_args(argv=None):
         help="comma-separated feedback rules: " + ",".join(RULES),
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed fits per variant"
+        "--repeats", type=positive_int, default=3, help="timed fits per variant"
     )
     parser.add_argument(
         "--hidden-layer-sizes",
-        type=_sizes,
+        type=positive_ints,
         default=(100,),
         help="comma-separated units of the hidden layers (default: 100)",
     )
-    parser.add_argument("--max-iter", type=int, default=200, help="epochs")
+    parser.add_argument(
+        "--max-iter", type=positive_int, default=200, help="epochs"
+    )
     parser.add_argument(
         "--random-state",
-        type=int,
+        type=seed,
         default=0,
         help="seed of both estimators and of the train/test split",
     )
     parser.add_argument(
-        "--test-size", type=float, default=0.25, help="held-out fraction"
+        "--test-size",
+        type=float_in(0, 1, low_open=True, high_open=True),
+        default=0.25,
+        help="held-out fraction",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="threads the backend and BLAS compute with (0: their own choice)",
     )
@@ -434,10 +441,7 @@ def parse_args(argv=None):
     )
     args = parser.parse_args(argv)
     args.rules = names(args.rules, RULES, "--rules")
-    if min(args.repeats, args.max_iter) < 1 or args.threads < 0:
-        parser.error("--repeats and --max-iter must be >= 1, --threads >= 0")
-    if not 0 < args.test_size < 1:
-        parser.error("--test-size must be between 0 and 1")
+    check_output_path(parser, "--output", output_path(args.output))
     return args
 
 
@@ -459,7 +463,7 @@ def main(argv=None):
     )
     print(text)
     if args.output:
-        path = args.output.replace("{backend}", keras.backend.backend())
+        path = output_path(args.output)
         write_atomic(path, text)
         print(f"wrote {path}", file=sys.stderr)
 

@@ -8,11 +8,35 @@
 Every (dataset, model, rule, seed) is a cell. A finished cell is one JSON
 file under `--output`, written atomically (a temporary file, then a rename),
 so an interrupt never loses a finished cell and never leaves a half-written
-one; running the same command again skips the finished cells. The summary
+one; running the same command again skips the finished cells. Ctrl-C stops
+a run with one line: how many cells are finished and kept, and the command
+that resumes (the same one); the exit status is 130. The summary
 (`summary.md`, `summary.csv`: test accuracy mean and std over seeds, the
 final per-layer alignment angles, throughput and wall time) and the figures
 (`accuracy_<dataset>_<model>.png`, `alignment_<dataset>_<model>.png`) are
-rewritten from all finished cells after each cell.
+rewritten from all finished cells after each cell. Files are written with
+the permissions the umask gives.
+
+One `--output` directory holds the cells of one set of settings. The
+settings are every option that changes results (`CONFIG_KEYS`: data set,
+classes, epochs, optimizer, learning rate, weight decay, batch size,
+precision, distribute, probe, patch size) and the backend with the versions
+of Keras, the backend's library and keras_fa. The runner creates the
+directory, or takes an empty one, and records the settings in its manifest
+`.keras_fa_run.json`; later commands into it may add models, rules and
+seeds. Everything is checked before any cell trains (and before any data
+is loaded, but for `--patch-size`, which needs the inputs' shape):
+- a directory that is not empty and has no manifest is refused (the runner
+  writes its summary only into a directory of its own);
+- other settings are refused, naming the differences (so a jax run resumed
+  under `KERAS_BACKEND=torch` is refused, not reported as torch's), unless
+  the directory holds no finished cell yet: then the new settings replace
+  the old; the summary thus always covers every cell in the directory;
+- a cell file that is not a cell (not JSON, truncated, not a record, a key
+  the summary reads missing) is reported with what is wrong and moved
+  aside to `<name>.json.bad`, never deleted; its cell runs again;
+- bad arguments, an `--output` that cannot be written, and a `--classes`
+  above the data set's are argparse errors (exit status 2).
 
 Data: MNIST-1D and scikit-learn's digits need no network (digits is the
 default, so the command runs anywhere); the TFDS sets (mnist, fashion_mnist,
@@ -31,11 +55,13 @@ import argparse
 import contextlib
 import csv
 import functools
+import importlib
 import io
 import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -46,6 +72,7 @@ import numpy as np
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
+from benchmarks.shared import output_problem  # noqa: E402
 from benchmarks.shared import write_atomic  # noqa: E402
 from keras_fa import datasets  # noqa: E402
 
@@ -76,28 +103,65 @@ CONFIG_KEYS = (
     "distribute",
     "probe",
     "patch_size",
+    "backend",
+    "backend_version",
+    "keras_version",
+    "keras_fa_version",
 )
 FORMAT_VERSION = 1
+# What the summary and the figures read from a cell record, and its type.
+RECORD_KEYS = {
+    "model": str,
+    "rule": str,
+    "seed": int,
+    "test_accuracy": float,
+    "throughput": float,
+    "wall_seconds": float,
+    "layers": list,
+    "hidden_update_angles": list,
+    "history": dict,
+}
+# The file in `--output` that marks it as the runner's, with its settings.
+MANIFEST = ".keras_fa_run.json"
 # Flat data sets that are images: convolutional models see them as such.
 IMAGES = {"digits": (8, 8, 1)}
+# Classes of the offline sets (the TFDS sets' come from their builders).
+OFFLINE_CLASSES = {"digits": 10, "mnist1d": 10}
 
 
 def _csv(value, allowed=None, name="value"):
+    # Names in `allowed` match ignoring case (`FA` is `fa`, as in the
+    # layers) and come back as spelled there.
     items = [item.strip() for item in value.split(",") if item.strip()]
     if not items:
-        raise argparse.ArgumentTypeError(f"empty {name} list")
+        raise argparse.ArgumentTypeError(f"empty {name} list {value!r}")
     if allowed is not None:
-        unknown = [item for item in items if item not in allowed]
+        canonical = {item.lower(): item for item in allowed}
+        unknown = [item for item in items if item.lower() not in canonical]
         if unknown:
             raise argparse.ArgumentTypeError(
                 f"unknown {name}(s) {', '.join(unknown)}; allowed: "
                 f"{', '.join(allowed)}"
             )
+        items = _unique([canonical[item.lower()] for item in items], name)
+    return items
+
+
+def _unique(items, name):
+    # The same cell twice would train twice.
+    repeated = [item for i, item in enumerate(items) if item in items[:i]]
+    if repeated:
+        raise argparse.ArgumentTypeError(
+            f"{name} {', '.join(map(str, dict.fromkeys(repeated)))} given "
+            "more than once"
+        )
     return items
 
 
 def _models(value):
-    items = _csv(value, name="model")
+    items = _unique(
+        [item.lower() for item in _csv(value, name="model")], "model"
+    )
     for item in items:
         base = item.lower()
         ok = base in ("mlp", "lenet", "transformer") or (
@@ -111,14 +175,28 @@ def _models(value):
                 f"unknown model {item!r}; allowed: mlp, lenet, resnet<6n+2> "
                 "(resnet8, resnet20, resnet32, resnet56...), transformer"
             )
-    return [item.lower() for item in items]
+    return items
 
 
-def _positive(kind):
+def _at_least(kind, low, strict=False):
+    # A parser of finite numbers of `kind` >= `low` (> `low` if `strict`).
+    allowed = "an integer" if kind is int else "a number"
+    allowed += f" {'>' if strict else '>='} {low}"
+
     def parse(value):
-        number = kind(value)
-        if not number > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if (
+            number is None
+            or not math.isfinite(number)
+            or number < low
+            or (strict and number == low)
+        ):
+            raise argparse.ArgumentTypeError(
+                f"must be {allowed}, got {value!r}"
+            )
         return number
 
     return parse
@@ -126,16 +204,37 @@ def _positive(kind):
 
 def _seeds(value):
     # "3" means seeds 0, 1, 2; "0,5,7" lists them.
-    if "," in value:
-        return [int(v) for v in _csv(value, name="seed")]
-    count = int(value)
-    if count < 1:
-        raise argparse.ArgumentTypeError("--seeds must be >= 1")
-    return list(range(count))
+    allowed = (
+        "a count >= 1 (seeds 0 to count - 1) or a comma-separated list of "
+        f"seeds >= 0, got {value!r}"
+    )
+    try:
+        if "," in value:
+            seeds = [int(v) for v in _csv(value, name="seed")]
+        else:
+            seeds = list(range(int(value)))
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"must be {allowed}")
+    return _unique(seeds, "seed")
 
 
-def parse_args(argv=None):
-    """Parses the command line; returns the argparse namespace."""
+def _class_count(dataset, data_dir):
+    """Returns the number of classes of `dataset`, known without loading
+    it: a TFDS builder's code knows it before any data is there. None if
+    tensorflow-datasets is missing (loading then says what to install)."""
+    if dataset in OFFLINE_CLASSES:
+        return OFFLINE_CLASSES[dataset]
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        return None
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    return builder.info.features["label"].num_classes
+
+
+def _parser():
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
         description=__doc__.split("\n")[0],
@@ -157,7 +256,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--patch-size",
-        type=_positive(int),
+        type=_at_least(int, 1),
         default=None,
         help="side (images) or length (sequences) of the transformer's "
         "patches; default: 4 for images, 2 where 4 leaves fewer than 16 "
@@ -175,11 +274,15 @@ def parse_args(argv=None):
         default=[0],
         help="a count N (seeds 0..N-1) or a comma-separated list",
     )
-    parser.add_argument("--epochs", type=_positive(int), default=20)
+    parser.add_argument("--epochs", type=_at_least(int, 1), default=20)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    parser.add_argument("--learning-rate", type=_positive(float), default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=None)
-    parser.add_argument("--batch-size", type=_positive(int), default=128)
+    parser.add_argument(
+        "--learning-rate", type=_at_least(float, 0, strict=True), default=1e-3
+    )
+    parser.add_argument(
+        "--weight-decay", type=_at_least(float, 0), default=None
+    )
+    parser.add_argument("--batch-size", type=_at_least(int, 1), default=128)
     parser.add_argument(
         "--classes",
         type=int,
@@ -199,7 +302,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--probe",
-        type=_positive(int),
+        type=_at_least(int, 1),
         default=256,
         help="test examples the alignment is measured on each epoch",
     )
@@ -207,9 +310,35 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar or lines"
     )
+    return parser
+
+
+def _usage_error(message):
+    """Exits as argparse does on a bad argument: usage, `message`, status
+    2."""
+    _parser().error(message)
+
+
+def parse_args(argv=None):
+    """Parses the command line; returns the argparse namespace.
+
+    Exits as argparse does (status 2, naming the flag, the value and what
+    is allowed) on a bad value, before any data is loaded.
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.classes is not None and args.classes < 2:
-        parser.error("--classes must be >= 2")
+    if args.classes is not None:
+        available = _class_count(args.dataset, args.data_dir)
+        if args.classes < 2 or (available and args.classes > available):
+            most = (
+                f" and {available}, the classes of {args.dataset}"
+                if available
+                else ""
+            )
+            parser.error(
+                f"argument --classes: must be between 2{most}, got "
+                f"{args.classes}"
+            )
     if args.distribute and keras.backend.backend() == "torch":
         parser.error(
             "--distribute needs the jax or tensorflow backend (Keras has no "
@@ -219,7 +348,9 @@ def parse_args(argv=None):
 
 
 def config_of(args):
-    """Returns the settings a finished cell must match to be reused."""
+    """Returns the settings a finished cell must match to be reused: the
+    options that change results, the backend and the versions of Keras, the
+    backend's library and keras_fa (`CONFIG_KEYS`)."""
     config = {
         "dataset": args.dataset,
         "classes": args.classes,
@@ -235,14 +366,21 @@ def config_of(args):
     # Only when given: the cells of earlier versions stay reusable.
     if args.patch_size is not None:
         config["patch_size"] = args.patch_size
+    backend = keras.backend.backend()
+    config["backend"] = backend
+    config["backend_version"] = str(
+        importlib.import_module(backend).__version__
+    )
+    config["keras_version"] = keras.__version__
+    config["keras_fa_version"] = keras_fa.__version__
     return config
 
 
 def model_kwargs(args, task, model_name):
     """Returns the arguments of `model_name` for `task` beyond its shape:
     the image of a flat image set; the transformer's patches (see
-    `--patch-size`). Raises SystemExit if `--patch-size` does not tile the
-    inputs."""
+    `--patch-size`). Exits as argparse does if `--patch-size` does not tile
+    the inputs."""
     kwargs = {}
     if model_name != "mlp" and task.name in IMAGES:
         kwargs["image_shape"] = IMAGES[task.name]
@@ -263,9 +401,9 @@ def model_kwargs(args, task, model_name):
             1,
         )
     if side is not None and any(s % side for s in size):
-        raise SystemExit(
-            f"--patch-size {side} does not tile the {args.dataset} inputs "
-            f"of size {tuple(size)}: give a divisor of each."
+        _usage_error(
+            f"argument --patch-size: {side} does not tile the {args.dataset} "
+            f"inputs of size {tuple(size)}: give a divisor of each."
         )
     if side is not None:
         kwargs["patch_size"] = side
@@ -286,15 +424,80 @@ def cell_name(config, model, rule, seed):
 
 
 def read_cell(path):
-    """Returns a finished cell's record, or None if it is not readable."""
+    """Returns a finished cell's record, or None if there is none or it is
+    not a cell (`load_cell` says what is wrong)."""
+    return load_cell(path)[0]
+
+
+def load_cell(path):
+    """Reads the cell file at `path`.
+
+    Returns `(record, None)` for a cell, `(None, None)` if there is no
+    file, and `(None, problem)`, `problem` saying what is wrong, if the
+    file is not a cell: not JSON (a truncated write), not a JSON object,
+    another format, no `config`, a key the summary reads missing or of
+    another type, or the record of another cell than its name says.
+    """
     try:
         with open(path, encoding="utf-8") as file:
-            record = json.load(file)
-    except (OSError, ValueError):
-        return None
-    if record.get("format") != FORMAT_VERSION or "test_accuracy" not in record:
-        return None
-    return record
+            text = file.read()
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as error:
+        return None, f"cannot be read ({error})"
+    try:
+        record = json.loads(text)
+    except ValueError as error:
+        return None, f"is not valid JSON, truncated or damaged ({error})"
+    problem = _record_problem(record)
+    if problem is None:
+        stem = os.path.basename(path)[: -len(".json")]
+        config = record["config"]
+        if "dataset" in config and "classes" in config:
+            name = cell_name(
+                config, record["model"], record["rule"], record["seed"]
+            )
+            if name != stem:
+                problem = f"holds the record of cell {name}"
+    return (None, problem) if problem else (record, None)
+
+
+def _record_problem(record):
+    # What keeps a parsed cell file from being a record, or None.
+    if not isinstance(record, dict):
+        return f"holds {_shown(record)}, not a cell record (a JSON object)"
+    if record.get("format") != FORMAT_VERSION:
+        return (
+            f"has format {record.get('format')!r}, where this runner "
+            f"reads format {FORMAT_VERSION}"
+        )
+    if not isinstance(record.get("config"), dict):
+        return "has no config (the settings it was made with)"
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key, kind in RECORD_KEYS.items():
+        value = record[key]
+        numbers = (int, float) if kind is float else kind
+        if not isinstance(value, numbers) or isinstance(value, bool):
+            return f"has {key} {_shown(value)}, not a {kind.__name__}"
+    angles = record["hidden_update_angles"]
+    if not all(_is_number(a) or a is None for a in angles):
+        return f"has hidden_update_angles {_shown(angles)}, not numbers"
+    for key, values in record["history"].items():
+        if not isinstance(values, list) or not all(map(_is_number, values)):
+            return f"has history {key} {_shown(values)}, not numbers"
+    return None
+
+
+def _shown(value):
+    # `value` as JSON, cut to a length that fits in a message.
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _optimizer(args):
@@ -613,11 +816,21 @@ def _curves(records, metric):
         else:
             series = record["history"].get(metric, [])
         by_rule.setdefault(record["rule"], []).append(series)
-    return {
-        rule: np.nanmean(np.array(runs, dtype=float), axis=0)
-        for rule, runs in by_rule.items()
-        if runs and all(len(run) == len(runs[0]) for run in runs)
-    }
+    curves = {}
+    for rule, runs in by_rule.items():
+        if not runs or any(len(run) != len(runs[0]) for run in runs):
+            continue
+        runs = np.array(runs, dtype=float)
+        # The mean over the seeds that measured each epoch; a rule that
+        # measured nothing (shallow's hidden layers get no signal) gets no
+        # curve, not a line at 0 nor a legend entry.
+        measured = ~np.isnan(runs)
+        if not measured.any():
+            continue
+        total = np.where(measured, runs, 0.0).sum(axis=0)
+        count = measured.sum(axis=0)
+        curves[rule] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return curves
 
 
 def plot_curves(records, directory):
@@ -662,18 +875,23 @@ def plot_curves(records, directory):
     return paths
 
 
-def finished_records(output, config):
-    """Returns the records under `output` made with `config`."""
+def cell_files(output):
+    """Returns the paths of the cell files under `output` (not the
+    temporary files of a write in progress), sorted."""
     cells = os.path.join(output, "cells")
     if not os.path.isdir(cells):
         return []
-    records = []
-    for name in sorted(os.listdir(cells)):
-        if name.endswith(".json"):
-            record = read_cell(os.path.join(cells, name))
-            if record is not None and record["config"] == config:
-                records.append(record)
-    return records
+    return [
+        os.path.join(cells, name)
+        for name in sorted(os.listdir(cells))
+        if name.endswith(".json") and not name.startswith(".")
+    ]
+
+
+def finished_records(output, config):
+    """Returns the records under `output` made with `config`."""
+    records = [read_cell(path) for path in cell_files(output)]
+    return [r for r in records if r is not None and r["config"] == config]
 
 
 def write_summary(output, config):
@@ -687,30 +905,155 @@ def write_summary(output, config):
     return rows
 
 
+def _output_problem(output):
+    """Returns what keeps the directory `output` (and its `cells`) from
+    being created and written, or None. Writes nothing."""
+    cells = os.path.join(output, "cells")
+    return output_problem(output, directory=True) or output_problem(
+        cells, directory=True, name=os.path.abspath(cells)
+    )
+
+
+def output_settings(output):
+    """Returns the settings `output`'s manifest records, or None if
+    `output` is absent or empty (the runner may take it).
+
+    Raises SystemExit if `output` holds files and no manifest: the runner
+    writes its summary and figures only into a directory of its own.
+    """
+    if not os.path.isdir(output) or not os.listdir(output):
+        return None
+    path = os.path.join(output, MANIFEST)
+    if not os.path.exists(path):
+        raise SystemExit(
+            f"--output {output} holds files that benchmarks.run did not "
+            f"write (it has no {MANIFEST}), and the runner writes its "
+            "summary and figures only into a directory of its own. Give a "
+            "new or empty --output."
+        )
+    try:
+        with open(path, encoding="utf-8") as file:
+            manifest = json.load(file)
+    except (OSError, ValueError) as error:
+        manifest = error
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("written_by") != "benchmarks.run"
+        or not isinstance(manifest.get("config"), dict)
+    ):
+        raise SystemExit(
+            f"--output {output}: {path} is not a manifest of benchmarks.run "
+            f"({str(manifest)[:80]}). Give a new or empty --output."
+        )
+    return manifest["config"]
+
+
+def _check_cells(output, config, cell_paths):
+    """Returns [(path, problem)] of the cell files under `output` that are
+    not cells; raises SystemExit if a cell was made with other settings.
+    `cell_paths` are this command's cells. Writes nothing."""
+    bad, other = [], []
+    for path in cell_files(output):
+        record, problem = load_cell(path)
+        if problem is not None:
+            bad.append((path, problem))
+        elif record["config"] != config:
+            other.append((path, _differences(record["config"], config)))
+    if other:
+        path, differences = other[0]
+        more = f" (and {len(other) - 1} more cells)" if len(other) > 1 else ""
+        raise SystemExit(
+            f"{path}{more} was made with other settings ({differences}). "
+            "Use another --output, or move that file away to run the cell "
+            "again."
+        )
+    return bad
+
+
+def _set_aside(path):
+    """Renames `path` to `<path>.bad` (`.bad2`, ... if taken); returns the
+    new path."""
+    target, number = path + ".bad", 1
+    while os.path.lexists(target):
+        number += 1
+        target = f"{path}.bad{number}"
+    os.rename(path, target)
+    return target
+
+
+def _claim(output, config, settings, bad, cell_paths):
+    """Makes `output` the runner's with `config`: creates it, writes its
+    manifest where new or changed, moves the `bad` cell files aside (and
+    says so on stderr)."""
+    try:
+        os.makedirs(os.path.join(output, "cells"), exist_ok=True)
+        if settings != config:
+            manifest = {
+                "written_by": "benchmarks.run",
+                "about": "The settings of every cell in this directory; "
+                "benchmarks.run refuses other settings here.",
+                "config": config,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            text = json.dumps(manifest, indent=1)
+            write_atomic(os.path.join(output, MANIFEST), text)
+        for path, problem in bad:
+            moved = _set_aside(path)
+            when = "now" if path in cell_paths else "when a command includes it"
+            print(
+                f"{path} {problem}: moved aside to {moved}; the cell runs "
+                f"again {when}.",
+                file=sys.stderr,
+            )
+    except OSError as error:
+        _usage_error(f"argument --output: cannot write to {output!r}: {error}")
+
+
+def _resume_command(argv):
+    words = sys.argv[1:] if argv is None else list(argv)
+    return (
+        f"KERAS_BACKEND={keras.backend.backend()} python -m benchmarks.run "
+        + shlex.join(words)
+    ).rstrip()
+
+
 def main(argv=None):
-    """Runs the benchmark; returns the summary rows."""
+    """Runs the benchmark; returns the summary rows.
+
+    Exits before any data is loaded or any cell trains if an argument is
+    bad, `--output` cannot be written or is not the runner's, or holds
+    cells of other settings; cell files that are not cells are moved aside
+    (see the module's docstring). Ctrl-C exits with status 130 after one
+    line saying how many cells are kept and how to resume.
+    """
     args = parse_args(argv)
     config = config_of(args)
-    keras.config.set_dtype_policy(args.precision)
+    problem = _output_problem(args.output)
+    if problem:
+        _usage_error(
+            f"argument --output: cannot use {args.output!r}: {problem}"
+        )
     cells_dir = os.path.join(args.output, "cells")
     cells = [
-        (model, rule, seed)
+        (model, rule, seed, cell_name(config, model, rule, seed) + ".json")
         for model in args.model
         for rule in args.rules
         for seed in args.seeds
     ]
-    todo = []
-    for model, rule, seed in cells:
-        path = os.path.join(cells_dir, cell_name(config, model, rule, seed))
-        record = read_cell(path + ".json")
-        if record is None:
-            todo.append((model, rule, seed, path + ".json"))
-        elif record["config"] != config:
-            raise SystemExit(
-                f"{path}.json was made with other settings "
-                f"({_differences(record['config'], config)}). Use another "
-                "--output, or delete that file to run the cell again."
-            )
+    cells = [(*cell, os.path.join(cells_dir, name)) for *cell, name in cells]
+    cell_paths = {path for *_, path in cells}
+    settings = output_settings(args.output)
+    if settings is not None and settings != config and cell_files(args.output):
+        raise SystemExit(
+            f"--output {args.output} holds cells made with other settings "
+            f"({_differences(settings, config)}): a directory holds one set "
+            "of settings (models, rules and seeds may be added). Use another "
+            "--output."
+        )
+    bad = _check_cells(args.output, config, cell_paths)
+    _claim(args.output, config, settings, bad, cell_paths)
+    keras.config.set_dtype_policy(args.precision)
+    todo = [cell for cell in cells if not os.path.exists(cell[3])]
     say = (lambda *a: None) if args.quiet else print
     say(
         f"{len(cells)} cells ({len(cells) - len(todo)} finished), backend "
@@ -720,8 +1063,26 @@ def main(argv=None):
     )
     progress = None if args.quiet else keras.utils.Progbar(len(cells))
     done = len(cells) - len(todo)
-    if progress is not None:
-        progress.update(done)
+    try:
+        if progress is not None:
+            progress.update(done)
+        rows = _train(args, config, todo, done, progress, say)
+    except KeyboardInterrupt:
+        done = sum(os.path.exists(path) for path in cell_paths)
+        say()
+        print(
+            f"Interrupted: {done} of {len(cells)} cells are finished and kept "
+            f"in {cells_dir}; resume with: {_resume_command(argv)}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    say("\n" + summary_markdown(rows))
+    return rows
+
+
+def _train(args, config, todo, done, progress, say):
+    # Trains the `todo` cells, rewriting the summary after each; returns the
+    # summary rows.
     tasks = {}
     for model, rule, seed, path in todo:
         # Class subsets are drawn per seed: each seed sees other classes.
@@ -750,15 +1111,14 @@ def main(argv=None):
             )
             progress.update(done)
         write_summary(args.output, config)
-    rows = write_summary(args.output, config)
-    say("\n" + summary_markdown(rows))
-    return rows
+    return write_summary(args.output, config)
 
 
 def _differences(old, new):
+    keys = [*CONFIG_KEYS, *sorted((set(old) | set(new)) - set(CONFIG_KEYS))]
     return ", ".join(
         f"{key}={old.get(key)!r}, now {new.get(key)!r}"
-        for key in CONFIG_KEYS
+        for key in keys
         if old.get(key) != new.get(key)
     )
 

@@ -84,8 +84,12 @@ from keras import ops
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
+from benchmarks.shared import check_output_path  # noqa: E402
+from benchmarks.shared import jit_compile  # noqa: E402
 from benchmarks.shared import limit_threads  # noqa: E402
 from benchmarks.shared import names  # noqa: E402
+from benchmarks.shared import non_negative_int  # noqa: E402
+from benchmarks.shared import positive_int  # noqa: E402
 from benchmarks.shared import write_atomic  # noqa: E402
 
 MODELS = ("mlp", "cnn", "transformer", "sepcnn")
@@ -515,11 +519,10 @@ def describe(args, results):
     )
 
 
-def _jit_compile(text):
-    return {"auto": "auto", "true": True, "false": False}[text.lower()]
-
-
 def parse_args(argv=None):
+    """Parses the command line; exits as argparse does (status 2, naming
+    the flag, the value and what is allowed) on a bad value or an output
+    path that cannot be written, before anything is built."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -540,22 +543,22 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=positive_int,
         help=f"timed fits per variant (default {DEFAULTS['repeats']})",
     )
     parser.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         help=f"training steps per timed fit (default {DEFAULTS['steps']})",
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         help=f"default {DEFAULTS['batch_size']}",
     )
     parser.add_argument(
         "--warmup",
-        type=int,
+        type=non_negative_int,
         help="untimed fits per variant before the timed ones "
         f"(default {DEFAULTS['warmup']})",
     )
@@ -568,14 +571,14 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--jit-compile",
-        type=_jit_compile,
+        type=jit_compile,
         default="auto",
         help="passed to model.compile: auto (the default users get), "
         "true or false",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         help="threads the backend computes with (default: its own choice)",
     )
     parser.add_argument("--out", help="also write the table to this file")
@@ -588,12 +591,17 @@ def parse_args(argv=None):
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if min(args.repeats, args.steps, args.batch_size, args.threads or 1) < 1:
+    check_output_path(parser, "--out", args.out)
+    check_output_path(parser, "--json", args.json)
+    if (
+        args.out
+        and args.json
+        and os.path.abspath(args.out) == os.path.abspath(args.json)
+    ):
         parser.error(
-            "--repeats, --steps, --batch-size and --threads must be positive"
+            f"argument --json: {args.json!r} is also --out: the rows would "
+            "replace the table; give two paths"
         )
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
     return args
 
 

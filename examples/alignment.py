@@ -17,6 +17,10 @@ measures at every step.
     python examples/alignment.py                      # digits, fa and usf
     python examples/alignment.py --rules bp fa kp --epochs 30 --out runs
     KERAS_BACKEND=jax python examples/alignment.py --loop
+
+It writes `<out>/<rule>/log.csv` and the figures next to it, and refuses
+(before training) to write over those of an earlier run unless given
+`--overwrite`.
 """
 
 import argparse
@@ -30,6 +34,8 @@ import keras_fa  # noqa: E402
 from keras_fa import datasets  # noqa: E402
 
 LOADERS = {"mnist1d": datasets.load_mnist1d, "digits": datasets.load_digits}
+# The layer-wise rules: the MLP is made of FADense layers.
+RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "wm")
 
 
 def build_mlp(n_features, n_classes, feedback, seed):
@@ -37,13 +43,24 @@ def build_mlp(n_features, n_classes, feedback, seed):
     model = keras.Sequential(
         [
             keras.Input((n_features,)),
+            # Named: the same figure and CSV column names on every run.
             keras_fa.FADense(
-                128, activation="relu", feedback=feedback, seed=seed
+                128,
+                activation="relu",
+                feedback=feedback,
+                seed=seed,
+                name="hidden_1",
             ),
             keras_fa.FADense(
-                128, activation="relu", feedback=feedback, seed=seed + 1
+                128,
+                activation="relu",
+                feedback=feedback,
+                seed=seed + 1,
+                name="hidden_2",
             ),
-            keras_fa.FADense(n_classes, feedback=feedback, seed=seed + 2),
+            keras_fa.FADense(
+                n_classes, feedback=feedback, seed=seed + 2, name="output"
+            ),
         ]
     )
     model.compile(
@@ -94,20 +111,70 @@ def run(rule, data, args):
     return history
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """Parses the command line; returns the argparse namespace. Refuses,
+    before any training, an `--out` whose rule directories cannot be made
+    and written (a path through a file), or hold an earlier run's log or
+    figures, unless `--overwrite`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(LOADERS), default="digits")
-    parser.add_argument("--rules", nargs="+", default=["fa", "usf"])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--every", type=int, default=20)
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        choices=RULES,
+        default=["fa", "usf"],
+        help="layer-wise rules to train (default: fa usf)",
+    )
+    parser.add_argument("--epochs", type=_positive, default=10)
+    parser.add_argument(
+        "--every",
+        type=_positive,
+        default=20,
+        help="steps between measurements (default: 20)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="alignment_figures")
+    parser.add_argument(
+        "--out",
+        default="alignment_figures",
+        help="directory of the logs and figures, one subdirectory a rule",
+    )
     parser.add_argument(
         "--loop", action="store_true", help="use keras_fa.train, not fit"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the logs and figures of an earlier run in --out",
+    )
     args = parser.parse_args(argv)
+    args.rules = list(dict.fromkeys(args.rules))  # each rule once
     for rule in args.rules:
-        keras_fa.feedback.get(rule)  # a clear error before any training
+        directory = os.path.join(args.out, rule)
+        problem = unwritable_directory(directory)
+        if problem:
+            parser.error(
+                f"argument --out: cannot write {directory!r}: {problem}"
+            )
+        earlier = sorted(
+            name
+            for name in (
+                os.listdir(directory) if os.path.isdir(directory) else []
+            )
+            if name == "log.csv" or name.endswith(".png")
+        )
+        if earlier and not args.overwrite:
+            parser.error(
+                f"{directory} already holds an earlier run "
+                f"({', '.join(earlier)}). Give another --out, or --overwrite "
+                "to replace it."
+            )
+    return args
+
+
+def main(argv=None):
+    """Runs the example with command-line arguments `argv`; returns the
+    history of each rule, by rule."""
+    args = parse_args(argv)
     data = LOADERS[args.dataset]()
     print(
         f"{args.dataset}, MLP 128-128, Adam 1e-3, {args.epochs} epochs, "
@@ -115,8 +182,9 @@ def main(argv=None):
     )
     print("| rule | val accuracy | layer | weight | signal | update |")
     print("|---|---|---|---|---|---|")
+    histories = {}
     for rule in args.rules:
-        history = run(rule, data, args)
+        history = histories[rule] = run(rule, data, args)
         log = history.history
         layers = keras_fa.alignment.Alignment(history.model).layer_names
         for name in layers[:-1]:  # the output layer's angles are 0
@@ -127,8 +195,36 @@ def main(argv=None):
                 f"{log[f'{name}/update_angle'][-1]:.1f} |",
                 flush=True,
             )
-        keras_fa.plot_alignment(history, os.path.join(args.out, rule))
+        keras_fa.plot_alignment(
+            history, os.path.join(args.out, rule), overwrite=args.overwrite
+        )
     print(f"\nFigures and logs: {os.path.abspath(args.out)}/<rule>/")
+    return histories
+
+
+def unwritable_directory(path):
+    """Returns why the directory `path` cannot be created (with its
+    parents) and written, or None. Writes nothing."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer. Received: {text!r}"
+        )
+    return value
 
 
 if __name__ == "__main__":

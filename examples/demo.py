@@ -2,22 +2,32 @@
 
 The same network (two hidden layers of 256 ReLU units, built from
 `keras_fa.FADense`) starts from the same weights for every rule and trains
-with Adam on a data set that needs no download. The dfa row trains the same
-network of plain Keras layers through `keras_fa.direct_feedback`, which sends
-the output error straight to each hidden layer. It prints a Markdown table
-with each rule's test accuracy and, after training, the mean angle between
-the hidden layers' updates and the true (backprop) gradient on 500 test
-examples (`keras_fa.alignment`): 0 for bp, below 90 where the rule's updates
-descend the loss.
+with Adam on a data set that needs no download: the seven layer-wise rules
+(bp, fa, usf, brsf, frsf, kp, wm) through `FADense(feedback=rule)`, and the
+three direct ones (dfa, drtp, shallow) as the same network of plain Keras
+layers through `keras_fa.direct_feedback`, which sends the output error
+(dfa), the one-hot target (drtp) or nothing (shallow, the control: only the
+output layer learns) straight to each hidden layer. It prints a Markdown
+table with each rule's test accuracy and, after training, the mean angle
+between the hidden layers' updates and the true (backprop) gradient on 500
+test examples (`keras_fa.alignment`): 0 for bp, below 90 where the rule's
+updates descend the loss, n/a for shallow, whose hidden layers get no
+update. With `--output` it also writes the table, with the command that made
+it, to a Markdown file.
 
-    python examples/demo.py                      # MNIST-1D, 1-2 minutes
+    python examples/demo.py                      # MNIST-1D, 1-3 minutes
     python examples/demo.py --dataset digits
+    python examples/demo.py --rules bp fa dfa    # some of the rules
     KERAS_BACKEND=jax python examples/demo.py    # or torch
 """
 
 import argparse
+import contextlib
+import math
 import os
+import sys
 import time
+import uuid
 
 # The network is small, so one thread per op costs little (tensorflow and jax
 # ran as fast), and on a busy 2-core machine it kept torch from running up to
@@ -29,8 +39,9 @@ import keras  # noqa: E402
 
 import keras_fa  # noqa: E402
 from keras_fa import datasets  # noqa: E402
+from keras_fa.direct import DIRECT_RULES  # noqa: E402
 
-RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "dfa")
+RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "wm", *DIRECT_RULES)
 LOADERS = {"mnist1d": datasets.load_mnist1d, "digits": datasets.load_digits}
 # Settings with which backprop is near its best test accuracy on each set
 # (the MNIST-1D paper reports about 68% for an MLP) in about 15 s a rule.
@@ -58,11 +69,12 @@ def train_and_evaluate(data, feedback, epochs, learning_rate, batch_size, seed):
     # The same seed for every rule: the same initial forward weights and the
     # same batches, so the rules differ only in their backward pass.
     keras.utils.set_random_seed(seed)
-    if feedback == "dfa":
-        # Direct feedback: plain Keras layers, the error sent straight from
+    if feedback in DIRECT_RULES:
+        # Direct feedback: plain Keras layers, the signal sent straight from
         # the output to each hidden layer.
         model = keras_fa.direct_feedback(
-            build_mlp(x_train.shape[1], int(y_train.max()) + 1, "bp"), "dfa"
+            build_mlp(x_train.shape[1], int(y_train.max()) + 1, "bp"),
+            feedback,
         )
     else:
         model = build_mlp(x_train.shape[1], int(y_train.max()) + 1, feedback)
@@ -72,27 +84,32 @@ def train_and_evaluate(data, feedback, epochs, learning_rate, batch_size, seed):
         metrics=["accuracy"],
     )
     start = time.perf_counter()
-    model.fit(
-        x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=0
-    )
+    model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=0)
     seconds = time.perf_counter() - start
     _, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
     measures = keras_fa.alignment.measure(model, x_test[:500], y_test[:500])
     hidden = keras_fa.alignment.Alignment(model).layer_names[:-1]
+    # NaN where no update reaches the hidden layers (shallow).
     angle = sum(measures[f"{name}/update_angle"] for name in hidden)
     return accuracy, angle / len(hidden), seconds
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """Parses the command line; returns the argparse namespace, with the
+    data set's defaults filled in."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(LOADERS), default="mnist1d")
     parser.add_argument(
-        "--epochs", type=int, help="default: 100 (mnist1d), 20 (digits)"
+        "--epochs",
+        type=_positive(int),
+        help="default: 100 (mnist1d), 20 (digits)",
     )
     parser.add_argument(
-        "--learning-rate", type=float, help="default: 3e-3 / 1e-3"
+        "--learning-rate", type=_positive(float), help="default: 3e-3 / 1e-3"
     )
-    parser.add_argument("--batch-size", type=int, help="default: 100 / 32")
+    parser.add_argument(
+        "--batch-size", type=_positive(int), help="default: 100 / 32"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--rules",
@@ -101,30 +118,110 @@ def main(argv=None):
         default=list(RULES),
         help="feedback rules to train (default: all)",
     )
+    parser.add_argument(
+        "--output",
+        help="also write the table, with the command that made it, to this "
+        "Markdown file (replaced whole, or left as it was on failure)",
+    )
     args = parser.parse_args(argv)
-    defaults = DEFAULTS[args.dataset]
-    epochs = args.epochs or defaults["epochs"]
-    learning_rate = args.learning_rate or defaults["learning_rate"]
-    batch_size = args.batch_size or defaults["batch_size"]
+    for key, value in DEFAULTS[args.dataset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.output is not None:
+        directory = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output) or not os.path.isdir(directory):
+            parser.error(
+                "--output must be a file in an existing directory. "
+                f"Received: {args.output!r}"
+            )
+    return args
 
+
+def main(argv=None):
+    """Runs the demo with command-line arguments `argv`; returns the rows
+    (dicts of rule, test accuracy, update angle and seconds)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     data = LOADERS[args.dataset]()
     (x_train, _), (x_test, _) = data
-    print(
-        f"{args.dataset}: {len(x_train)} train / {len(x_test)} test examples; "
-        f"MLP {x_train.shape[1]}-256-256-10, Adam lr {learning_rate}, "
-        f"{epochs} epochs, batch {batch_size}, seed {args.seed}, "
-        f"backend {keras.backend.backend()}\n"
-    )
-    print("| rule | test accuracy | update angle (deg) | train time (s) |")
-    print("|---|---|---|---|")
+    lines = [
+        f"{args.dataset}: {len(x_train)} train / {len(x_test)} test "
+        f"examples; MLP {x_train.shape[1]}-256-256-10, Adam lr "
+        f"{args.learning_rate}, {args.epochs} epochs, batch "
+        f"{args.batch_size}, seed {args.seed}, backend "
+        f"{keras.backend.backend()}",
+        "",
+        "| rule | test accuracy | update angle (deg) | train time (s) |",
+        "|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    rows = []
+    start = time.perf_counter()
     for rule in args.rules:
         accuracy, angle, seconds = train_and_evaluate(
-            data, rule, epochs, learning_rate, batch_size, args.seed
+            data,
+            rule,
+            args.epochs,
+            args.learning_rate,
+            args.batch_size,
+            args.seed,
         )
-        print(
-            f"| {rule} | {accuracy:.3f} | {angle:.1f} | {seconds:.1f} |",
-            flush=True,
+        rows.append(
+            {
+                "rule": rule,
+                "accuracy": accuracy,
+                "angle": angle,
+                "seconds": seconds,
+            }
         )
+        angle = "n/a" if math.isnan(angle) else f"{angle:.1f}"
+        lines.append(f"| {rule} | {accuracy:.3f} | {angle} | {seconds:.1f} |")
+        print(lines[-1], flush=True)
+    total = time.perf_counter() - start
+    print(f"\n{total:.0f} s in all")
+    if args.output is not None:
+        command = " ".join(
+            [f"KERAS_BACKEND={keras.backend.backend()}"]
+            + ["python examples/demo.py"]
+            + argv
+        )
+        text = f"# `{command}`\n\n" + "\n".join(lines)
+        write_atomic(args.output, f"{text}\n\n{total:.0f} s in all.\n")
+        print(f"wrote {args.output}")
+    return rows
+
+
+def write_atomic(path, text):
+    """Writes `text` to `path` through a temporary file in its directory and
+    a rename: the file is there whole, or as it was before."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(
+        directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
+    )
+    try:
+        # Opened like any new file, so its mode follows the umask.
+        with open(temporary, "x") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(
+                f"must be a positive {kind.__name__}. Received: {text!r}"
+            )
+        return value
+
+    return parse
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Train a small transformer with feedback rules on sequences and text.
+r"""Train a small transformer with feedback rules on sequences and text.
 
 `keras_fa.models.transformer` (two pre-norm blocks, 32 wide, 2 heads, MLPs
 of 64 GELU units) learns three tasks that need no download, once per rule,
@@ -19,19 +19,29 @@ travels by backprop. For every task it prints a Markdown table with each
 rule's test accuracy (test perplexity for the language model), the mean
 update angle of each block's kernels (the angle between the rule's weight
 update and the true gradient, on a fixed batch of test examples after
-training: 0 for backprop, 90 for no alignment) and the training time. It
-writes the loss and update-angle curves to `docs/figures/transformer.png`
-and the tables to `benchmarks/results/transformer_example.md`.
+training: 0 for backprop, 90 for no alignment) and the training time.
+
+It writes the loss and update-angle curves to `transformer.png` and the
+tables, headed by the command that made them, to `transformer_example.md`,
+in `--output-dir` (default `runs/transformer_example/` in the current
+directory) or where `--figure` and `--table` say. It never replaces a file
+unless given `--overwrite`: an output path that holds a file, or that
+cannot be written (a path through a file), is refused before any training.
+The README's figure and table come from the last command below.
 
     python examples/transformer.py                   # 4-5 min on 2 cores
     python examples/transformer.py --tasks digits --rules bp fa
-    KERAS_BACKEND=jax python examples/transformer.py # or torch
+    KERAS_BACKEND=torch python examples/transformer.py --output-dir runs/torch
+    KERAS_BACKEND=jax python examples/transformer.py \
+        --figure docs/figures/transformer.png \
+        --table benchmarks/results/transformer_example.md --overwrite
 """
 
 import argparse
 import contextlib
 import math
 import os
+import shlex
 import sys
 import time
 import uuid
@@ -48,9 +58,11 @@ import numpy as np  # noqa: E402
 import keras_fa  # noqa: E402
 from keras_fa import datasets  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURE = "transformer.png"
 TABLE = "transformer_example.md"
+# Where a run writes by default: a directory of its own, never the
+# committed figure and results.
+OUTPUT_DIR = os.path.join("runs", "transformer_example")
 # The network of every task; `intermediate_dim` is twice `hidden_dim`.
 ARCHITECTURE = {
     "num_layers": 2,
@@ -310,6 +322,50 @@ def _head(data, n_train, n_test):
     return (x[:n_train], y[:n_train]), (x_test[:n_test], y_test[:n_test])
 
 
+def output_paths(parser, args):
+    """Returns the paths of the figure and of the tables that `args` ask
+    for. Exits as argparse does (status 2), naming the flag and the path,
+    if one holds a file and `args.overwrite` is not set, or cannot be
+    written: a directory, or a path through a file. Writes nothing."""
+    paths = []
+    for flag, given, name in (
+        ("--figure", args.figure, FIGURE),
+        ("--table", args.table, TABLE),
+    ):
+        path = given or os.path.join(args.output_dir, name)
+        flag = flag if given else "--output-dir"
+        problem = unwritable_file(path)
+        if problem is None and os.path.exists(path) and not args.overwrite:
+            problem = (
+                "a file is there (an earlier run's?); give --overwrite to "
+                "replace it, or another path"
+            )
+        if problem:
+            parser.error(f"argument {flag}: cannot write {path!r}: {problem}")
+        paths.append(path)
+    if os.path.abspath(paths[0]) == os.path.abspath(paths[1]):
+        parser.error(
+            f"argument --table: {paths[1]!r} is also the figure's path"
+        )
+    return paths
+
+
+def unwritable_file(path):
+    """Returns why the file `path` cannot be written (its directory made as
+    needed), or None. Writes nothing."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return "it is a directory"
+    existing = os.path.dirname(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 def _positive(name):
     def parse(text):
         try:
@@ -323,6 +379,20 @@ def _positive(name):
         return value
 
     return parse
+
+
+def _seed(text):
+    """Parses `--seed`: an integer >= 0 (Keras refuses a negative seed, but
+    only when it is used, after the data is loaded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"--seed must be an integer >= 0. Received: {text!r}"
+        )
+    return value
 
 
 def main(argv=None):
@@ -349,11 +419,25 @@ def main(argv=None):
         type=_positive("--epochs"),
         help="for every task (default: 20 mnist1d, 20 digits, 10 lm)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0)
     parser.add_argument(
         "--output-dir",
-        help=f"where to write {FIGURE} and {TABLE} (default: docs/figures "
-        "and benchmarks/results)",
+        default=OUTPUT_DIR,
+        help=f"where to write {FIGURE} and {TABLE} (default: {OUTPUT_DIR})",
+    )
+    parser.add_argument(
+        "--figure",
+        help=f"path of the figure (default: <output-dir>/{FIGURE})",
+    )
+    parser.add_argument(
+        "--table",
+        help=f"path of the tables (default: <output-dir>/{TABLE})",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the figure and tables of an earlier run (refused "
+        "otherwise)",
     )
     parser.add_argument(
         "--quick",
@@ -361,12 +445,7 @@ def main(argv=None):
         help=f"one epoch on {QUICK_TRAIN} examples: checks that it runs",
     )
     args = parser.parse_args(argv)
-    if args.output_dir is None:
-        figure_path = os.path.join(ROOT, "docs", "figures", FIGURE)
-        table_path = os.path.join(ROOT, "benchmarks", "results", TABLE)
-    else:
-        figure_path = os.path.join(args.output_dir, FIGURE)
-        table_path = os.path.join(args.output_dir, TABLE)
+    figure_path, table_path = output_paths(parser, args)
 
     rows, tables = [], []
     start = time.perf_counter()
@@ -392,9 +471,8 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     print(f"{seconds:.0f} s in all")
     architecture = ", ".join(f"{k} {v}" for k, v in ARCHITECTURE.items())
-    command = "python examples/transformer.py" + (
-        " " + " ".join(argv) if argv else ""
-    )
+    command = shlex.join(["python", "examples/transformer.py", *argv])
+    command = f"KERAS_BACKEND={keras.backend.backend()} {command}"
     text = (
         f"# `{command}`\n\n"
         f"keras_fa.models.transformer: {architecture}. Update angle: mean "

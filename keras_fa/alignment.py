@@ -22,6 +22,11 @@ below 90 means the rule still descends the loss):
 - `conservation_drift`: sum of `Q_i(t) - Q_i(0)` since the reference;
 - `conservation_drift_max`: the largest `|Q_i(t) - Q_i(0)|` of the kernel.
 
+A kernel with LoRA enabled (`layer.enable_lora(rank)`) is measured too: W
+is the kernel the forward pass uses, `W0 + A B * alpha / rank`, and its
+`update_angle` is that of the gradients the optimizer receives, those of
+the factors A and B (one vector); it has no conservation law.
+
 Measures are keyed `"<kernel>/<measure>"`. A layer of the model with one
 kernel is named by its layer name (`"dense/update_angle"`); a kernel inside
 another layer by the path of layer names down to it, models left out
@@ -44,8 +49,13 @@ usf, frsf or kp. `Alignment.conservation_status` says, for every kernel,
 `"holds"` or why not (`"not applicable: <reason>"`): attention projections,
 other einsum equations, kernels inside other layers or nested models,
 grouped convolutions as the next kernel, non-homogeneous activations or
-layers in between, subclassed models, the output layer. Such kernels get no
-conservation measures.
+layers in between, subclassed models, the output layer, kernels with LoRA
+(either of the two). Such kernels get no conservation measures.
+
+A batch to measure is checked first (`Alignment.check_batch`), with errors
+naming what is wrong: arrays with the same, non-zero number of examples,
+numeric and finite, that the model takes; with a sparse categorical loss,
+labels that are classes of the model's output; targets the loss takes.
 
 The true gradient comes from the same model traced inside
 `keras_fa.tracing.exact_backprop()`, on every backend, with the same
@@ -53,7 +63,9 @@ variables, dropout masks and random draws as the rule's pass.
 """
 
 import collections
+import collections.abc
 import contextlib
+import inspect
 import math
 import weakref
 
@@ -101,8 +113,7 @@ def angle(a, b):
     Returns:
         A Python float.
     """
-    a = np.ravel(np.asarray(a, dtype=np.float64))
-    b = np.ravel(np.asarray(b, dtype=np.float64))
+    a, b = _numbers("a", a), _numbers("b", b)
     if a.size != b.size:
         raise ValueError(
             f"angle() needs arrays of the same size. Received sizes {a.size} "
@@ -117,6 +128,17 @@ def angle(a, b):
     )
 
 
+def _numbers(name, value):
+    # `value` flattened to float64, or a clear error naming `name`.
+    try:
+        return np.ravel(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"`{name}` must be an array of numbers. Received: {name}="
+            f"{value!r} ({error})"
+        ) from error
+
+
 def _angle(a, b):
     # The same as `angle`, in keras.ops, inside compiled functions.
     a = ops.reshape(ops.cast(a, "float32"), (-1,))
@@ -125,6 +147,16 @@ def _angle(a, b):
     v = b / ops.norm(b)
     radians = 2.0 * ops.arctan2(ops.norm(u - v), ops.norm(u + v))
     return radians * (180.0 / math.pi)
+
+
+def _concat(tensors, indices):
+    # One flat vector of `tensors[i]` for the indices: the update of a
+    # kernel trained through LoRA factors is that of both factors.
+    if len(indices) == 1:
+        return tensors[indices[0]]
+    return ops.concatenate(
+        [ops.reshape(ops.cast(tensors[i], "float32"), (-1,)) for i in indices]
+    )
 
 
 def _angle_from_sums(aa, bb, ab):
@@ -141,12 +173,250 @@ def _value(tensor):
     return tensor
 
 
+# -- checking data -------------------------------------------------------------
+
+
+def _pipeline(data):
+    """What kind of data pipeline `data` is, or None if it is not one."""
+    if isinstance(data, keras.utils.PyDataset):
+        return f"a keras.utils.PyDataset ({type(data).__name__})"
+    module = type(data).__module__ or ""
+    if module.startswith("tensorflow") and hasattr(data, "element_spec"):
+        return f"a tf.data.Dataset ({type(data).__name__})"
+    if module.startswith("torch.utils.data"):
+        return f"a torch {type(data).__name__}"
+    if inspect.isgenerator(data) or isinstance(data, collections.abc.Iterator):
+        return f"an iterator ({type(data).__name__})"
+    return None
+
+
+def _describe(data):
+    if isinstance(data, (list, tuple)):
+        inner = sorted({type(item).__name__ for item in data})
+        return (
+            f"a {type(data).__name__} of {' and '.join(inner)}"
+            if inner
+            else f"an empty {type(data).__name__}"
+        )
+    shape = getattr(data, "shape", None)
+    if shape is not None:
+        return f"a {type(data).__name__} of shape {tuple(shape)}"
+    return f"{data!r} (a {type(data).__name__})"
+
+
+def _dtype_name(leaf):
+    try:
+        return keras.backend.standardize_dtype(leaf.dtype)
+    except (AttributeError, TypeError, ValueError):
+        return str(getattr(leaf, "dtype", type(leaf).__name__))
+
+
+def _is_numeric(dtype):
+    return dtype == "bool" or dtype.startswith(("float", "int", "uint", "bf"))
+
+
+def _part(part, name):
+    return f"`{part}`" if name is None else f"{part} of `{name}`"
+
+
+def check_data(x, y, sample_weight=None, name=None, hint=""):
+    """Checks data given as arrays before any work is done with it.
+
+    `x` and `y` (and `sample_weight`, if given) must each be an array or
+    tensor, or a list, tuple or dict of them, of a numeric dtype, with the
+    examples on the first axis: the same number of them everywhere, at
+    least one, and no NaN or infinite values. Raises a `ValueError` (a
+    `TypeError` for data of the wrong kind, e.g. a `tf.data.Dataset`)
+    naming the part and what is wrong with it.
+
+    Args:
+        x: inputs.
+        y: targets.
+        sample_weight: optional per-example weights.
+        name: the argument the data came in (e.g. `"probe_data"`), named in
+            the errors; None if `x`, `y` and `sample_weight` are arguments.
+        hint: a sentence added to the error for a data pipeline.
+
+    Returns:
+        The number of examples.
+    """
+    parts = [("x", x), ("y", y)]
+    if sample_weight is not None:
+        parts.append(("sample_weight", sample_weight))
+    lengths = []
+    for part, data in parts:
+        label = _part(part, name)
+        kind = _pipeline(data)
+        if kind is not None:
+            raise TypeError(
+                f"{label} must be arrays or tensors (or a list, tuple or "
+                f"dict of them). Received: {kind}. {hint}".rstrip()
+            )
+        if data is None:
+            raise ValueError(f"{label} must be an array or tensor, not None.")
+        leaves = keras.tree.flatten(data)
+        if not leaves:
+            raise ValueError(
+                f"{label} holds no array. Received: {_describe(data)}."
+            )
+        for leaf in leaves:
+            shape = getattr(leaf, "shape", None)
+            if shape is None or len(shape) == 0:
+                raise TypeError(
+                    f"{label} must be an array or tensor (or a list, tuple "
+                    "or dict of them) with the examples on the first axis. "
+                    f"Received: {_describe(data)}"
+                    + (
+                        ": convert it with numpy.asarray."
+                        if isinstance(data, (list, tuple))
+                        else "."
+                    )
+                )
+            dtype = _dtype_name(leaf)
+            if not _is_numeric(dtype):
+                raise TypeError(
+                    f"{label} must hold numbers (a numeric or bool dtype). "
+                    f"Received: an array of dtype {dtype}."
+                )
+            lengths.append((part, shape[0]))
+            if dtype.startswith(("float", "bf")):
+                values = ops.convert_to_numpy(leaf)
+                finite = np.isfinite(values)
+                if not finite.all():
+                    index = np.unravel_index(np.argmin(finite), values.shape)
+                    raise ValueError(
+                        f"{label} holds {np.size(finite) - finite.sum()} NaN "
+                        f"or infinite value(s), the first "
+                        f"{values[index]} at index {tuple(map(int, index))}: "
+                        "the loss and every measure would be NaN. Remove or "
+                        "replace them."
+                    )
+    counts = {n for _, n in lengths}
+    if len(counts) > 1:
+        listed = ", ".join(f"{_part(p, name)}: {n}" for p, n in lengths)
+        raise ValueError(
+            "x, y and sample_weight must have the same number of examples "
+            f"(first axis). Received: {listed}."
+        )
+    (count,) = counts
+    if count == 0:
+        raise ValueError(
+            f"{_part('x', name)} has no examples (its first axis has length "
+            "0): give at least one."
+        )
+    return int(count)
+
+
+def check_probe_data(probe_data, name="probe_data", allow_none=False):
+    """Checks a batch given as one argument, `(x, y)` or `(x, y,
+    sample_weight)` (see `check_data`), and returns it as a tuple.
+
+    Args:
+        probe_data: the argument.
+        name: its name, for the errors.
+        allow_none: whether None is allowed (said in the error; None itself
+            is the caller's to handle).
+    """
+    if not isinstance(probe_data, (tuple, list)) or len(probe_data) not in (
+        2,
+        3,
+    ):
+        size = (
+            f" of length {len(probe_data)}"
+            if isinstance(probe_data, (tuple, list))
+            else ""
+        )
+        raise ValueError(
+            f"`{name}` must be a tuple (x, y) or (x, y, sample_weight) of "
+            f"arrays{', or None' if allow_none else ''}. Received: a "
+            f"{type(probe_data).__name__}{size}."
+        )
+    check_data(
+        *probe_data,
+        name=name,
+        hint=f"`{name}` holds arrays: take them from the data set first.",
+    )
+    return tuple(probe_data)
+
+
+def _sparse_loss(model):
+    # The compiled loss if it takes class indices as targets, else None.
+    loss = getattr(model, "loss", None)
+    sparse = keras.losses.sparse_categorical_crossentropy
+    if isinstance(loss, str):
+        found = loss in (
+            "sparse_categorical_crossentropy",
+            "SparseCategoricalCrossentropy",
+        )
+    else:
+        found = isinstance(
+            loss, keras.losses.SparseCategoricalCrossentropy
+        ) or (loss is sparse or getattr(loss, "fn", None) is sparse)
+    return loss if found else None
+
+
+def _check_labels(model, y, outputs, name=None):
+    """With a sparse categorical loss, checks that the labels `y` are class
+    indices of the model's output (`outputs`: the list of the shapes of
+    the model's outputs; only a single output is checked)."""
+    loss = _sparse_loss(model)
+    ys = keras.tree.flatten(y)
+    if loss is None or len(outputs) != 1 or len(ys) != 1:
+        return
+    shape = tuple(outputs[0])
+    classes = shape[-1] if shape else None
+    labels = np.asarray(ops.convert_to_numpy(ys[0]))
+    sparse_shape = labels.ndim == len(shape) - 1 or (
+        labels.ndim == len(shape) and labels.shape[-1:] == (1,)
+    )
+    if not classes or not sparse_shape:
+        return
+    ignored = getattr(loss, "ignore_class", None)
+    bad = (labels < 0) | (labels >= classes) | (labels != np.round(labels))
+    if ignored is not None:
+        bad &= labels != ignored
+    if bad.any():
+        index = np.unravel_index(np.argmax(bad), labels.shape)
+        raise ValueError(
+            f"{_part('y', name)} holds the label {labels[index]} (at index "
+            f"{tuple(map(int, index))}; {int(bad.sum())} bad in all), but "
+            f"the model has {classes} outputs: with a sparse categorical "
+            f"loss the labels must be integers in [0, {classes})"
+            + (f" or {ignored} (ignore_class)" if ignored is not None else "")
+            + "."
+        )
+
+
 def _kernel_of(layer):
     try:
         kernel = getattr(layer, "kernel", None)
     except (AttributeError, ValueError):
         return None
     return kernel if isinstance(kernel, keras.Variable) else None
+
+
+def _lora(layer):
+    # Embedding has LoRA too, but no kernel.
+    return bool(getattr(layer, "lora_enabled", False)) and hasattr(
+        layer, "lora_kernel_a"
+    )
+
+
+_LORA = (
+    "LoRA is enabled: its kernel W0 + A B * alpha / rank learns through "
+    "the factors A and B, for which the law is not derived"
+)
+
+
+def _trained_by(layer):
+    """The variables whose gradients are the update of `layer`'s kernel:
+    the kernel, or with LoRA (`enable_lora`) its factors A and B (the
+    kernel itself `W0 + A B * alpha / rank` is frozen). None if the layer
+    has no kernel."""
+    if _lora(layer):
+        return [layer.lora_kernel_a, layer.lora_kernel_b]
+    kernel = _kernel_of(layer)
+    return None if kernel is None else [kernel]
 
 
 def _kernel_units(model, index):
@@ -170,8 +440,8 @@ def _kernel_units(model, index):
                 if isinstance(child, FeedbackKernel)
                 else child.name
             )
-            kernel = _kernel_of(child)
-            if kernel is not None and id(kernel) in index:
+            trained = _trained_by(child)
+            if trained is not None and all(id(v) in index for v in trained):
                 path = (short + [segment], full + [segment])
                 found.append((*path, child, parents))
             inner = (
@@ -433,6 +703,8 @@ def _follow(operation, graph, kernel_ops):
 def _pair(layer, bias, next_op, kernel_ops, flattened, channels_first):
     next_layer = kernel_ops[id(next_op)][1]
     name = repr(next_op.name)
+    if _lora(next_layer):
+        return f"the next kernel ({name}) has {_LORA}"
     layout = _layout(next_layer)
     if layout is None:
         return f"the next kernel's ({name}) layout is not known"
@@ -478,7 +750,9 @@ def _conservation(model, units):
     pairs, status = {}, {}
     for key, layer, parents in units:
         owner = layer._owner() if isinstance(layer, FeedbackKernel) else None
-        if (
+        if _lora(layer):
+            found = _LORA
+        elif (
             owner is not None
             and layer is getattr(owner, "depthwise_feedback", None)
             and id(owner) in kernel_ops
@@ -552,11 +826,14 @@ class Alignment:
     """
 
     def __init__(self, model, share=None):
-        if not isinstance(model, keras.Model):
+        _check_model(model)
+        try:
+            hash(share)
+        except TypeError as error:
             raise TypeError(
-                "Alignment measures a keras.Model. Received: "
-                f"{type(model).__name__}"
-            )
+                "`share` must be a hashable key (e.g. a string or a tuple) "
+                f"or None. Received: share={share!r}"
+            ) from error
         if not model.built:
             raise ValueError(
                 "Build the model before measuring its alignment: call it on "
@@ -567,9 +844,12 @@ class Alignment:
         units = _kernel_units(model, index)
         self._keys = {id(layer): key for key, layer, _ in units}
         self._layer_names = [key for key, _, _ in units]
+        # The variables whose gradients are each kernel's update.
         self._kernel_index = {
-            key: index[id(layer.kernel)] for key, layer, _ in units
+            key: [index[id(v)] for v in _trained_by(layer)]
+            for key, layer, _ in units
         }
+        self._trainable_ids = [id(v) for v in model.trainable_variables]
         self._feedback_layers = [
             layer for _, layer, _ in units if isinstance(layer, FeedbackMixin)
         ]
@@ -582,7 +862,12 @@ class Alignment:
 
         def add(variables):
             for variable in variables:
-                if variable is not None and id(variable) not in seen:
+                # With LoRA, `layer.kernel` is the merged tensor; its
+                # variables are among `layer.variables`.
+                if (
+                    isinstance(variable, keras.Variable)
+                    and id(variable) not in seen
+                ):
                     seen.add(id(variable))
                     self._weight_variables.append(variable)
 
@@ -594,6 +879,8 @@ class Alignment:
                 add([layer.kernel, *layer.variables])
         self.reference = None
         self._shapes = {}
+        self._output_shapes = {}
+        self._loss_checked = set()
         self._functions = {}
         self._rewind = _no_op
         self._share = share if backend.STATELESS_OPTIMIZER else None
@@ -645,8 +932,24 @@ class Alignment:
 
     # -- state ------------------------------------------------------------
 
+    def _is_current(self):
+        return [
+            id(v) for v in self.model.trainable_variables
+        ] == self._trainable_ids
+
+    def _check_current(self):
+        if not self._is_current():
+            raise ValueError(
+                "The model's trainable variables changed since this "
+                "Alignment was made (LoRA enabled, a layer frozen or "
+                "unfrozen): make a new `Alignment(model)` "
+                "(`keras_fa.alignment.measure` and the callbacks do so "
+                "themselves)."
+            )
+
     def _state(self):
         model = self.model
+        self._check_current()
         # On jax, model.fit keeps the variables outside the model between
         # epochs; bring them back first.
         if hasattr(model, "jax_state_sync"):
@@ -674,12 +977,17 @@ class Alignment:
                 tracing.exact_backprop(),
                 backend.preserve_random_state(),
             ):
-                self.model.stateless_call(trainable, non_trainable, x)
+                outputs, _ = self.model.stateless_call(
+                    trainable, non_trainable, x
+                )
             self._shapes[key] = {
                 name: shapes[k]
                 for name, k in self._signal_keys.items()
                 if k in shapes
             }
+            self._output_shapes[key] = [
+                tuple(t.shape) for t in keras.tree.flatten(outputs)
+            ]
         return key, self._shapes[key]
 
     # -- traced computations ----------------------------------------------
@@ -775,7 +1083,7 @@ class Alignment:
                     )
                 i = self._kernel_index[name]
                 out[f"{name}/update_angle"] = _angle(
-                    rule_grads[i], true_grads[i]
+                    _concat(rule_grads, i), _concat(true_grads, i)
                 )
             return _flatten(out, q)
 
@@ -840,6 +1148,66 @@ class Alignment:
                 "the model first, e.g. model.compile(optimizer, loss)."
             )
 
+    def check_batch(self, x, y, sample_weight=None, name=None):
+        """Checks a batch before it is measured: `check_data`, then that
+        the model takes `x`, that sparse labels are classes of the model's
+        output, and that the loss takes `y` (and `sample_weight`). Runs
+        the model forward once for each new shape of the data. Raises a
+        `ValueError` naming the part of the data (`name`, e.g.
+        `"probe_data"`, is the argument it came in).
+
+        Returns:
+            `(x, y, sample_weight)` as tensors.
+        """
+        self._check_current()
+        check_data(x, y, sample_weight, name=name)
+        x, y, sample_weight = self._prepare(x, y, sample_weight)
+        _check_labels(self.model, y, self._output_spec(x, name), name)
+        shapes = tuple(
+            tuple(ops.shape(t))
+            for t in keras.tree.flatten((x, y, sample_weight))
+            if t is not None
+        )
+        if shapes not in self._loss_checked and self.model.compiled:
+            self._check_loss(x, y, sample_weight, name)
+            self._loss_checked.add(shapes)
+        return x, y, sample_weight
+
+    def _check_loss(self, x, y, sample_weight, name):
+        # Outside the compiled measurement, where an error would come
+        # wrapped in the backend's trace; stateless, as a measurement.
+        trainable, non_trainable, _ = self._state()
+        with backend.preserve_random_state():
+            y_pred, _ = self.model.stateless_call(trainable, non_trainable, x)
+        try:
+            # `training` left out: an override need not take it.
+            self.model.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight
+            )
+        except Exception as error:
+            shapes = [tuple(t.shape) for t in keras.tree.flatten(y)]
+            outputs = [tuple(t.shape) for t in keras.tree.flatten(y_pred)]
+            raise ValueError(
+                f"The model's loss cannot take {_part('y', name)} (shape "
+                f"{', '.join(map(str, shapes))}) with the model's outputs "
+                f"(shape {', '.join(map(str, outputs))}): {error}"
+            ) from error
+
+    def _output_spec(self, x, name=None):
+        # The shapes of the model's outputs on `x` (a forward pass per
+        # input shape, reused by the measurements).
+        x = keras.tree.map_structure(ops.convert_to_tensor, x)
+        try:
+            key, _ = self._probe_shapes(x)
+        except Exception as error:
+            shapes = [tuple(t.shape) for t in keras.tree.flatten(x)]
+            raise ValueError(
+                f"The model cannot take {_part('x', name)} (shape"
+                f"{'s' if len(shapes) > 1 else ''} "
+                f"{', '.join(map(str, shapes))}): {error}"
+            ) from error
+        return self._output_shapes[key]
+
     def _prepare(self, x, y, sample_weight):
         x = keras.tree.map_structure(ops.convert_to_tensor, x)
         y = keras.tree.map_structure(ops.convert_to_tensor, y)
@@ -864,8 +1232,12 @@ class Alignment:
             the error signal delta that kernel's product receives (see the
             module docstring).
         """
+        if not isinstance(exact, (bool, np.bool_)):
+            raise ValueError(
+                f"`exact` must be True or False. Received: exact={exact!r}"
+            )
         self._check_compiled()
-        x, y, sample_weight = self._prepare(x, y, sample_weight)
+        x, y, sample_weight = self.check_batch(x, y, sample_weight)
         key, shapes = self._probe_shapes(x)
         rule, true = self._compiled(key, shapes, "gradients")
         fn = true if exact else rule
@@ -889,6 +1261,7 @@ class Alignment:
         return self.reference
 
     def _run_weights(self):
+        self._check_current()
         fn = self._compiled(None, None, "weights")
         if hasattr(self.model, "jax_state_sync"):
             self.model.jax_state_sync()
@@ -930,7 +1303,7 @@ class Alignment:
             A dict of Python floats, in the model's layer order.
         """
         self._check_compiled()
-        x, y, sample_weight = self._prepare(x, y, sample_weight)
+        x, y, sample_weight = self.check_batch(x, y, sample_weight)
         key, shapes = self._probe_shapes(x)
         fn = self._compiled(key, shapes, "measure")
         with self._replaying():
@@ -1057,9 +1430,18 @@ _SHARED = collections.OrderedDict()
 _SHARED_SIZE = 24
 
 
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Alignment measures a keras.Model. Received: "
+            f"{type(model).__name__}"
+        )
+
+
 def _meter(model):
+    _check_model(model)
     meter = _METERS.get(model)
-    if meter is None:
+    if meter is None or not meter._is_current():
         meter = _METERS[model] = Alignment(model)
     return meter
 

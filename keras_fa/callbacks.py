@@ -6,6 +6,7 @@ add to the logs (e.g. `ReduceLROnPlateau`), put them before the callbacks that
 read the logs in the `callbacks` list.
 """
 
+import numbers
 import warnings
 
 import keras
@@ -19,12 +20,17 @@ _ACTIONS = ("warn", "stop", None)
 def _check_every(every):
     if every is None:
         return None
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if (
+        isinstance(every, bool)
+        or not isinstance(every, numbers.Integral)
+        or every < 1
+    ):
         raise ValueError(
-            f"`every` must be a positive number of training steps or None "
-            f"(only at the end of each epoch). Received: every={every!r}"
+            "`every` must be a positive integer (a number of training "
+            "steps) or None (only at the end of each epoch). Received: "
+            f"every={every!r}"
         )
-    return every
+    return int(every)
 
 
 def _check_measures(measures, allowed):
@@ -32,7 +38,10 @@ def _check_measures(measures, allowed):
         return tuple(allowed)
     if isinstance(measures, str):
         measures = (measures,)
-    measures = tuple(measures)
+    try:
+        measures = tuple(measures)
+    except TypeError:
+        measures = (measures,)
     unknown = [m for m in measures if m not in allowed]
     if unknown or not measures:
         raise ValueError(
@@ -42,12 +51,29 @@ def _check_measures(measures, allowed):
     return measures
 
 
+def _check_tolerance(tolerance):
+    if tolerance is None:
+        return None
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, numbers.Real)
+        or not tolerance > 0
+    ):
+        raise ValueError(
+            "`tolerance` must be a positive number (the largest per-neuron "
+            "drift accepted) or None (no check). Received: "
+            f"tolerance={tolerance!r}"
+        )
+    return float(tolerance)
+
+
 class _MeasureCallback(keras.callbacks.Callback):
     """Shared by the callbacks: the meter, the schedule and the records.
 
     Records are kept like Keras's `History`: `history` maps each key to its
     per-epoch values; `steps` maps each key to its values at the measured
-    training steps, with the global step numbers under `"step"`.
+    training steps, with the optimizer's step count
+    (`model.optimizer.iterations`) under `"step"`.
     `conservation_status` is the meter's: `{kernel: "holds" or
     "not applicable: <reason>"}`.
     """
@@ -63,6 +89,8 @@ class _MeasureCallback(keras.callbacks.Callback):
         self._step = 0
         self._epoch_start = 0
         self._last = None
+        self._started = False
+        self._first_step = 0
 
     def _select(self, values):
         return {
@@ -77,35 +105,76 @@ class _MeasureCallback(keras.callbacks.Callback):
     def _record(self, table, values, **extra):
         append_row(table, {**extra, **values})
 
+    def _iterations(self):
+        # On jax, model.fit keeps the optimizer's state outside the model
+        # during an epoch; a sync brings it back (a measurement does too).
+        model = self.model
+        if hasattr(model, "jax_state_sync"):
+            model.jax_state_sync()
+        return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+    def _ensure_built(self):
+        """Builds the model if it can; returns whether it is built."""
+        return self.model.built
+
+    def _on_start(self):
+        """Checks and warnings once the meter is made, before measuring."""
+
     def on_train_begin(self, logs=None):
-        if self.alignment is None or self.alignment.model is not self.model:
-            self.alignment = alignment_lib.Alignment(self.model)
-        self.conservation_status = self.alignment.conservation_status
-        self.alignment.reset_reference()
         self.history = {}
         self.steps = {}
-        self._step = 0
-        self._epoch_start = 0
         self._last = None
+        self._started = False
+        self._step = self._epoch_start = self._iterations()
+        self._first_step = self._step
+        # On tensorflow, model.fit builds a model without an input shape
+        # only in its first step: the measures then start after it.
+        if self._ensure_built():
+            self._start()
+
+    def _start(self):
+        if (
+            self.alignment is None
+            or self.alignment.model is not self.model
+            or not self.alignment._is_current()
+        ):
+            self.alignment = alignment_lib.Alignment(self.model)
+        self.conservation_status = self.alignment.conservation_status
+        self._on_start()
+        self.alignment.reset_reference()
+        self._started = True
         if self.every is not None:
-            self._last = (0, self._measure())
-            self._record(self.steps, self._last[1], step=0)
+            self._last = (self._step, self._measure())
+            self._record(self.steps, self._last[1], step=self._step)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = self._step
+        self._epoch_start = self._iterations()
 
     def on_train_batch_end(self, batch, logs=None):
+        if not self._started:
+            if self.model.built:
+                self._step = self._iterations()
+                self._start()
+            return
+        if self.every is None:
+            return
         # With `steps_per_execution` > 1, Keras calls this once per
-        # execution, `batch` being the index of its last step in the epoch.
-        previous = self._step
-        self._step = self._epoch_start + batch + 1
-        if self.every is not None and (
-            self._step // self.every > previous // self.every
-        ):
+        # execution, `batch` being the index of its last step in the epoch
+        # (past the epoch's end for a shorter last execution): an upper
+        # bound of the optimizer's count, which is read only where it may
+        # have crossed a multiple of `every`.
+        bound = self._epoch_start + batch + 1
+        if bound // self.every <= self._step // self.every:
+            return
+        previous, self._step = self._step, self._iterations()
+        if self._step // self.every > previous // self.every:
             self._last = (self._step, self._measure())
             self._record(self.steps, self._last[1], step=self._step)
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self._started:
+            return
+        self._step = self._iterations()
         # The weights have not changed since a measurement at this step.
         if self._last is not None and self._last[0] == self._step:
             values = self._last[1]
@@ -133,6 +202,15 @@ class AlignmentCallback(_MeasureCallback):
     A probe the size of a training batch and `every=100` add about 2% to
     training (`benchmarks/alignment_cost.py`).
 
+    The probe is checked when the callback is made (its parts have the
+    same number of examples, at least one, are numeric and finite) and
+    again at the start of training, before any step (the model takes it;
+    with a sparse categorical loss, its labels are classes of the model's
+    output). A model not built yet (on tensorflow, `model.fit` builds a
+    model without an input shape only in its first step) is built from
+    the probe. Steps are counted as the optimizer counts them
+    (`model.optimizer.iterations`), also with `steps_per_execution`.
+
     Args:
         probe_data: the batch to measure on: a tuple `(x, y)` or
             `(x, y, sample_weight)` of arrays or tensors.
@@ -151,20 +229,24 @@ class AlignmentCallback(_MeasureCallback):
 
     def __init__(self, probe_data, every=None, measures=None):
         super().__init__(every, measures, alignment_lib.MEASURES)
-        if not isinstance(probe_data, (tuple, list)) or len(probe_data) not in (
-            2,
-            3,
-        ):
-            raise ValueError(
-                "`probe_data` must be a tuple (x, y) or (x, y, "
-                f"sample_weight). Received: {type(probe_data).__name__}"
-                + (
-                    f" of length {len(probe_data)}"
-                    if isinstance(probe_data, (tuple, list))
-                    else ""
-                )
+        self.probe_data = alignment_lib.check_probe_data(probe_data)
+
+    def _ensure_built(self):
+        if not self.model.built:
+            first = keras.tree.map_structure(
+                lambda a: a[:1], self.probe_data[0]
             )
-        self.probe_data = tuple(probe_data)
+            try:
+                self.model(first)
+            except Exception as error:
+                raise ValueError(
+                    "AlignmentCallback builds the model from x of "
+                    f"`probe_data`, which it cannot take: {error}"
+                ) from error
+        return True
+
+    def _on_start(self):
+        self.alignment.check_batch(*self.probe_data, name="probe_data")
 
     def _measure(self):
         return self._select(self.alignment.measure(*self.probe_data))
@@ -184,12 +266,19 @@ class ConservationMonitor(_MeasureCallback):
     which it does not watch (`monitor.conservation_status` says why, e.g.
     attention projections).
 
+    A drift beyond `tolerance` is recorded in `monitor.violations` as
+    `(step, kernel, drift)` at every check, and warned about once per
+    kernel in a `fit` (the warning says how to silence it). On tensorflow,
+    `model.fit` builds a model without an input shape only in its first
+    step: Q(0) is then taken after it, and the monitor says so.
+
     Args:
         every: also check every this many training steps (kept in
             `steps`). None (default): only at the end of each epoch.
         tolerance: largest per-neuron drift accepted, or None (no check).
         action: what to do when a drift exceeds `tolerance`: `"warn"`
-            (default), `"stop"` (warn and stop training) or None.
+            (default), `"stop"` (warn and stop training) or None (only
+            record it in `violations`).
 
     Example:
 
@@ -205,22 +294,35 @@ class ConservationMonitor(_MeasureCallback):
             None,
             ("conservation", "conservation_drift", "conservation_drift_max"),
         )
-        if tolerance is not None and not float(tolerance) > 0:
-            raise ValueError(
-                "`tolerance` must be a positive number or None. Received: "
-                f"tolerance={tolerance!r}"
-            )
         if action not in _ACTIONS:
             raise ValueError(
-                f"`action` must be one of {_ACTIONS}. Received: {action!r}"
+                f"`action` must be one of {_ACTIONS}. Received: "
+                f"action={action!r}"
             )
-        self.tolerance = None if tolerance is None else float(tolerance)
+        self.tolerance = _check_tolerance(tolerance)
         self.action = action
         self.violations = []
+        self._warned = set()
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
         self.violations = []
+        self._warned = set()
+        super().on_train_begin(logs)
+
+    def _on_start(self):
+        if (
+            self._step != self._first_step
+            and self.alignment.conservation_layers
+        ):
+            warnings.warn(
+                "ConservationMonitor: the model was built only in the first "
+                "training step (tensorflow builds a model without an input "
+                f"shape there), so Q(0) is taken at step {self._step}: the "
+                "drift counts from there. Build the model before training "
+                "(start it with keras.Input, or call it on a batch) to "
+                "count from the start.",
+                stacklevel=2,
+            )
         reasons = {
             kernel: status.split(": ", 1)[-1]
             for kernel, status in self.conservation_status.items()
@@ -255,7 +357,7 @@ class ConservationMonitor(_MeasureCallback):
         return values
 
     def _check(self, values):
-        if self.tolerance is None or self.action is None:
+        if self.tolerance is None:
             return
         for key, value in values.items():
             if key.endswith("/conservation_drift_max") and (
@@ -263,11 +365,24 @@ class ConservationMonitor(_MeasureCallback):
             ):
                 layer = key.rsplit("/", 1)[0]
                 self.violations.append((self._step, layer, value))
-                warnings.warn(
-                    f"Conservation law of layer '{layer}' drifted by "
-                    f"{value:.3g} (> tolerance {self.tolerance:.3g}) at "
-                    f"training step {self._step}.",
-                    stacklevel=2,
-                )
+                if self.action is not None and layer not in self._warned:
+                    self._warned.add(layer)
+                    warnings.warn(
+                        f"Conservation law of layer '{layer}' drifted by "
+                        f"{value:.3g} (> tolerance {self.tolerance:.3g}) at "
+                        f"training step {self._step}"
+                        + (
+                            ": training stops."
+                            if self.action == "stop"
+                            else ". Later drifts of this layer in this fit "
+                            "go to `monitor.violations` without a warning."
+                        )
+                        + " The law holds under plain SGD with a small "
+                        "learning rate (no momentum, Adam or weight "
+                        "decay); elsewhere, silence this with "
+                        "`ConservationMonitor(action=None)` (violations "
+                        "are still recorded) or a larger `tolerance`.",
+                        stacklevel=2,
+                    )
                 if self.action == "stop" and self.model is not None:
                     self.model.stop_training = True

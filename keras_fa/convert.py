@@ -59,9 +59,9 @@ def convert(
     Args:
         model: a built `keras.Sequential` or functional `keras.Model` (start
             it with `keras.Input`, or call it on data).
-        feedback: the rule of the replaced layers: a name (`"fa"`, `"bp"`,
-            `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`), a config dict or a
-            `keras_fa.feedback.FeedbackRule`.
+        feedback: the rule of the replaced layers: a name in any case
+            (`"fa"`, `"bp"`, `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`), a
+            config dict or a `keras_fa.feedback.FeedbackRule`.
         feedback_initializer: initializer of the new feedback weights, or
             `"kernel"`: each layer's feedback weights are drawn like its
             forward kernel (its `kernel_initializer`, reseeded), so B and W

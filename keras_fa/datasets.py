@@ -18,6 +18,7 @@ as `tensorflow-cpu`), so importing keras_fa does not import tensorflow.
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import random
 import shutil
@@ -27,6 +28,11 @@ import time
 import urllib.parse
 
 import numpy as np
+
+from keras_fa._validation import check_bool
+from keras_fa._validation import check_integer
+from keras_fa._validation import is_integer
+from keras_fa._validation import is_real
 
 # The seed `mnist1d.data.get_dataset_args()` uses: with it, `load_mnist1d`
 # gives the standard MNIST-1D split that published accuracies refer to.
@@ -49,6 +55,11 @@ OFFLINE_DATASETS = ("digits", "mnist1d")
 # retry loop (about 200 s per file without a network).
 NETWORK_TIMEOUT_SECONDS = 3.0
 
+# scikit-learn's digits: examples and classes. A stratified split needs at
+# least one example of each class in each part.
+_DIGITS_EXAMPLES = 1797
+_DIGITS_CLASSES = 10
+
 
 def load_digits(test_fraction=0.25, seed=0):
     """Loads scikit-learn's 8x8 handwritten digits, split into train and test.
@@ -59,8 +70,10 @@ def load_digits(test_fraction=0.25, seed=0):
 
     Args:
         test_fraction: the fraction of examples put in the test set, in
-            `(0, 1)`.
-        seed: integer seed of the split; the same seed gives the same split.
+            `(0, 1)`, leaving at least 10 examples (one per class) in each
+            part: `9 / 1797 < test_fraction <= 1787 / 1797`.
+        seed: integer seed of the split, in `[0, 2**32)`; the same seed
+            gives the same split.
 
     Returns:
         `(x_train, y_train), (x_test, y_test)`: float32 arrays of shape
@@ -72,11 +85,19 @@ def load_digits(test_fraction=0.25, seed=0):
     >>> x_train.shape, x_test.shape
     ((1347, 64), (450, 64))
     """
-    if not 0.0 < test_fraction < 1.0:
+    test_fraction = _check_test_fraction(test_fraction)
+    # How train_test_split sizes the parts.
+    n_test = math.ceil(test_fraction * _DIGITS_EXAMPLES)
+    if min(n_test, _DIGITS_EXAMPLES - n_test) < _DIGITS_CLASSES:
         raise ValueError(
-            "`test_fraction` must be between 0 and 1 (exclusive). "
-            f"Received: test_fraction={test_fraction}"
+            "`test_fraction` must leave at least 10 of the 1797 examples "
+            "(one per class) in each part of the stratified split: "
+            "between 0 and 1, with 9/1797 < test_fraction <= 1787/1797 "
+            f"(about 0.0051 to 0.9944). Received: test_fraction="
+            f"{test_fraction!r}, which leaves {n_test} test and "
+            f"{_DIGITS_EXAMPLES - n_test} training examples"
         )
+    seed = _check_seed(seed)
     from sklearn import datasets
     from sklearn import model_selection
 
@@ -143,9 +164,10 @@ def load_stdlib_text(sequence_length=32, test_fraction=0.1):
     set. The corpus depends on the Python version (its docstrings).
 
     Args:
-        sequence_length: characters per example, an int >= 2.
+        sequence_length: characters per example, an int >= 2 that leaves
+            at least two windows in the corpus.
         test_fraction: the fraction of windows put in the test set, in
-            `(0, 1)`.
+            `(0, 1)`, leaving at least one window for training.
 
     Returns:
         `(x_train, y_train), (x_test, y_test)`: int32 arrays of shape
@@ -157,26 +179,31 @@ def load_stdlib_text(sequence_length=32, test_fraction=0.1):
     >>> x.shape[1], int(x.max()) < 96
     (64, True)
     """
-    if (
-        isinstance(sequence_length, bool)
-        or not isinstance(sequence_length, int)
-        or sequence_length < 2
-    ):
+    sequence_length = check_integer(
+        "sequence_length", sequence_length, minimum=2
+    )
+    test_fraction = _check_test_fraction(test_fraction)
+    codes = np.frombuffer(stdlib_text().encode("ascii"), dtype=np.uint8)
+    windows = len(codes) // (sequence_length + 1)
+    if windows < 2:
         raise ValueError(
-            "`sequence_length` must be an int >= 2. Received: "
+            "`sequence_length` must leave at least two windows (one for "
+            f"training, one for testing) in the corpus of {len(codes)} "
+            "characters: an int from 2 to "
+            f"{len(codes) // 2 - 1}. Received: "
             f"sequence_length={sequence_length!r}"
         )
-    if not 0.0 < test_fraction < 1.0:
+    n_test = max(1, int(round(windows * test_fraction)))
+    if n_test >= windows:
         raise ValueError(
-            "`test_fraction` must be between 0 and 1 (exclusive). "
-            f"Received: test_fraction={test_fraction}"
+            "`test_fraction` must leave at least one of the "
+            f"{windows} windows of sequence_length={sequence_length} for "
+            f"training: between 0 and {(windows - 0.5) / windows:.4g}. "
+            f"Received: test_fraction={test_fraction!r}"
         )
-    codes = np.frombuffer(stdlib_text().encode("ascii"), dtype=np.uint8)
     ids = np.where(codes == 10, 0, codes.astype(np.int32) - 31)
-    windows = len(ids) // (sequence_length + 1)
     ids = ids[: windows * (sequence_length + 1)].reshape(windows, -1)
     x, y = ids[:, :-1], ids[:, 1:]
-    n_test = max(1, int(round(windows * test_fraction)))
     return (x[:-n_test], y[:-n_test]), (x[-n_test:], y[-n_test:])
 
 
@@ -197,8 +224,8 @@ def load_mnist1d(seed=MNIST1D_STANDARD_SEED):
     afterwards.
 
     Args:
-        seed: integer seed of the generator. The default, 42, is the seed of
-            the standard MNIST-1D data set.
+        seed: integer seed of the generator, in `[0, 2**32)`. The default,
+            42, is the seed of the standard MNIST-1D data set.
 
     Returns:
         `(x_train, y_train), (x_test, y_test)`: float32 arrays of shape
@@ -210,9 +237,7 @@ def load_mnist1d(seed=MNIST1D_STANDARD_SEED):
     >>> x_train.shape, x_test.shape
     ((4000, 40), (1000, 40))
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
-    arrays = _make_mnist1d(int(seed))
+    arrays = _make_mnist1d(_check_seed(seed))
     return tuple((x.copy(), y.copy()) for x, y in arrays)
 
 
@@ -296,16 +321,18 @@ class Task:
 
         Args:
             batch_size: examples per batch, a positive integer.
-            shuffle: whether to shuffle the examples.
-            seed: integer seed of the shuffling.
+            shuffle: whether to shuffle the examples, a bool.
+            seed: integer seed of the shuffling, in `[0, 2**32)`.
             repeat: whether to repeat the set without end (reshuffled each
-                pass); batches then run across epoch boundaries.
+                pass), a bool; batches then run across epoch boundaries.
 
         Returns:
             A `tf.data.Dataset`, prefetched.
         """
         batch_size = _check_batch_size(batch_size)
+        shuffle = check_bool("shuffle", shuffle)
         seed = _check_seed(seed)
+        repeat = check_bool("repeat", repeat)
         dataset = self._source.dataset("train")
         if shuffle:
             dataset = dataset.shuffle(
@@ -336,13 +363,16 @@ class Task:
         pipeline, so this holds the whole split in memory.
 
         Args:
-            split: `"train"` or `"test"`.
+            split: `"train"` or `"test"` (in any case).
         """
-        if split not in ("train", "test"):
+        if not isinstance(split, str) or split.lower() not in (
+            "train",
+            "test",
+        ):
             raise ValueError(
                 f"`split` must be 'train' or 'test'. Received: split={split!r}"
             )
-        return self._source.arrays(split)
+        return self._source.arrays(split.lower())
 
 
 def load(name, *, data_dir=None, classes=None, seed=0, download=None):
@@ -366,14 +396,16 @@ def load(name, *, data_dir=None, classes=None, seed=0, download=None):
     apply to them.
 
     Args:
-        name: one of `TFDS_DATASETS + OFFLINE_DATASETS`.
-        data_dir: TFDS data directory; `None` means `$TFDS_DATA_DIR` or
-            `~/tensorflow_datasets`.
+        name: one of `TFDS_DATASETS + OFFLINE_DATASETS`, in any case
+            (`"MNIST"` is `"mnist"`); `Task.name` is the lower-case name.
+        data_dir: TFDS data directory (a str or path, not a file);
+            `None` means `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
         classes: `None` for all classes; an integer `k` for `k` classes drawn
             at random with `seed` (sorted); or a sequence of class ids.
             Examples of other classes are dropped and labels renumbered
             `0 .. k - 1` in the order of `Task.classes`.
-        seed: integer seed of the class draw; it does not change the splits.
+        seed: integer seed of the class draw, in `[0, 2**32)`; it does not
+            change the splits.
         download: `None` to download missing TFDS data when the network
             answers; `True` to try regardless (errors propagate); `False` to
             use prepared data only.
@@ -382,7 +414,7 @@ def load(name, *, data_dir=None, classes=None, seed=0, download=None):
         A `Task`.
 
     Raises:
-        ValueError: for an unknown name or bad `classes`.
+        ValueError: for an unknown name or any other bad argument.
         DatasetUnavailableError: when TFDS data is missing and cannot be
             downloaded.
 
@@ -392,17 +424,22 @@ def load(name, *, data_dir=None, classes=None, seed=0, download=None):
     >>> task.input_shape, task.num_classes
     ((28, 28, 1), 2)
     """
-    if name not in TFDS_DATASETS + OFFLINE_DATASETS:
+    known = TFDS_DATASETS + OFFLINE_DATASETS
+    if not isinstance(name, str) or name.lower() not in known:
         raise ValueError(
             f"Unknown data set {name!r}. Known: TFDS sets "
             f"{', '.join(TFDS_DATASETS)}; offline sets "
-            f"{', '.join(OFFLINE_DATASETS)}."
+            f"{', '.join(OFFLINE_DATASETS)} (in any case)."
         )
-    if download is not None and not isinstance(download, bool):
-        raise ValueError(
-            "`download` must be None, True or False. "
-            f"Received: download={download!r}"
-        )
+    name = name.lower()
+    data_dir = _check_data_dir(data_dir)
+    if download is not None:
+        if not isinstance(download, (bool, np.bool_)):
+            raise ValueError(
+                "`download` must be None, True or False. "
+                f"Received: download={download!r}"
+            )
+        download = bool(download)
     seed = _check_seed(seed)
     if name in OFFLINE_DATASETS:
         return _load_offline(name, classes, seed)
@@ -410,9 +447,50 @@ def load(name, *, data_dir=None, classes=None, seed=0, download=None):
 
 
 def _check_seed(seed):
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+    # The seeds NumPy's and scikit-learn's generators take.
+    if not is_integer(seed) or not 0 <= seed < 2**32:
+        raise ValueError(
+            f"`seed` must be an integer in [0, 2**32). Received: seed={seed!r}"
+        )
     return int(seed)
+
+
+def _check_test_fraction(test_fraction):
+    if not is_real(test_fraction) or not 0.0 < test_fraction < 1.0:
+        raise ValueError(
+            "`test_fraction` must be a number between 0 and 1 (exclusive). "
+            f"Received: test_fraction={test_fraction!r}"
+        )
+    return float(test_fraction)
+
+
+def _check_data_dir(data_dir):
+    """Returns `data_dir`, or raises if it cannot be a directory."""
+    if data_dir is None:
+        return None
+    path = data_dir
+    if isinstance(data_dir, os.PathLike):
+        path = os.fspath(data_dir)
+    if not isinstance(path, str) or not path:
+        raise ValueError(
+            "`data_dir` must be None or the path of a directory (a non-empty "
+            f"str or os.PathLike). Received: data_dir={data_dir!r}"
+        )
+    if "://" in path:  # A remote file system of TFDS (gs://...).
+        return path
+    # The nearest existing directory above: a file there blocks the path.
+    full = os.path.abspath(os.path.expanduser(path))
+    existing = full
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is" if existing == full else "runs through"
+        raise ValueError(
+            "`data_dir` must be a directory, or a path where one can be "
+            f"made; it {where} the file {existing}. Received: "
+            f"data_dir={data_dir!r}"
+        )
+    return path
 
 
 def _check_batch_size(batch_size):

@@ -107,8 +107,9 @@ class DirectFeedback(keras.layers.Layer):
     (with their Keras mask, if any). In the backward pass the logits receive
     their true gradient e; tap l receives `e B_l` (dfa), the one-hot targets
     `y* B_l` divided by the number of predictions (drtp) or nothing
-    (shallow). The B_l are fixed (non-trainable weights, saved with the
-    model).
+    (shallow: in a `DirectFeedbackModel` the layers below the taps then
+    get a zero gradient, see `DirectFeedbackModel.untrained_variables`).
+    The B_l are fixed (non-trainable weights, saved with the model).
 
     Shapes: the logits are `(batch, *positions, classes)`, e.g. `(batch,
     classes)` or `(batch, time, classes)`. A tap of shape `(batch,
@@ -131,7 +132,8 @@ class DirectFeedback(keras.layers.Layer):
     read Keras masks: give padding a sample weight of 0.
 
     Args:
-        feedback: `"dfa"` (default), `"drtp"` or `"shallow"`.
+        feedback: `"dfa"` (default), `"drtp"` or `"shallow"`, in any case
+            (stored and saved in lower case).
         feedback_initializer: initializer of the B_l. Default
             `"glorot_uniform"`.
         seed: integer seed of the B_l; the same seed gives the same B_l.
@@ -389,9 +391,69 @@ class DirectFeedbackModel(keras.Model):
 
     Build it like `keras.Model(inputs, outputs)`. Its `compute_loss` adds each
     drtp `DirectFeedback` layer's surrogate term (value 0), whose gradient
-    delivers `y* B_l` to the taps. For dfa and shallow it behaves exactly as
+    delivers `y* B_l` to the taps. Under shallow it adds a term of value 0
+    whose gradient is zero for the variables of the layers below the taps,
+    which by design get no error: they then receive a zero gradient on
+    every backend (as jax gives unconnected variables), and `compile`
+    excludes them from the optimizer's weight decay, so the optimizer
+    leaves them as they were drawn and Keras does not warn "Gradients do
+    not exist for variables ...". For dfa it behaves exactly as
     `keras.Model`.
+
+    It takes the arguments of `keras.Model(inputs, outputs, name=...,
+    trainable=...)`, and refuses any other keyword (which Keras's
+    functional model would ignore).
     """
+
+    # What Keras's functional Model uses; it ignores any other keyword.
+    _KEYWORDS = ("inputs", "outputs", "name", "trainable")
+
+    def __init__(self, *args, **kwargs):
+        unknown = {k: v for k, v in kwargs.items() if k not in self._KEYWORDS}
+        if unknown:
+            raise TypeError(
+                "Unrecognized keyword arguments passed to "
+                f"{type(self).__name__}: {unknown}. Allowed: "
+                f"{', '.join(self._KEYWORDS)}."
+            )
+        super().__init__(*args, **kwargs)
+
+    def compile(self, *args, **kwargs):
+        """Configures the model for training, as `keras.Model.compile`.
+
+        Also excludes `untrained_variables()` (the hidden layers of a
+        shallow model) from the optimizer's weight decay, which would
+        otherwise shrink them at every step, though by the rule they keep
+        their initial weights. Exclusions already set on the optimizer
+        (`exclude_from_weight_decay` before `compile`) are kept.
+        """
+        super().compile(*args, **kwargs)
+        self._exclude_untrained_from_weight_decay()
+
+    def compile_from_config(self, config):
+        """Compiles the model from `get_compile_config()`'s dict (when a
+        saved model loads), as Keras's Model does, through this `compile`."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if hasattr(self, "optimizer") and self.built:
+            # Create the optimizer's variables, which loading then fills.
+            self.optimizer.build(self.trainable_variables)
+
+    def _exclude_untrained_from_weight_decay(self):
+        untrained = self.untrained_variables()
+        optimizer = getattr(self, "optimizer", None)
+        # A LossScaleOptimizer decays through the optimizer it wraps.
+        while getattr(optimizer, "inner_optimizer", None) is not None:
+            optimizer = optimizer.inner_optimizer
+        if not untrained or optimizer is None:
+            return
+        # As `optimizer.exclude_from_weight_decay(var_list=...)`, which
+        # refuses a built optimizer and would replace the user's own
+        # exclusions (by variable and by name): added to them here.
+        excluded = set(getattr(optimizer, "_exclude_from_weight_decay", ()))
+        excluded |= {optimizer._var_key(v) for v in untrained}
+        optimizer._exclude_from_weight_decay = excluded
+        optimizer._exclude_from_weight_decay_cache = {}
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -403,13 +465,94 @@ class DirectFeedbackModel(keras.Model):
             sample_weight=sample_weight,
             training=training,
         )
-        if not training or y is None:
+        if not training:
             return loss
         for layer in self._flatten_layers(include_self=False):
-            if isinstance(layer, DirectFeedback) and layer.feedback == "drtp":
+            if (
+                y is not None
+                and isinstance(layer, DirectFeedback)
+                and layer.feedback == "drtp"
+            ):
                 term = layer.target_loss(y, y_pred, sample_weight)
                 loss = loss + ops.cast(term, loss.dtype)
+        frozen = self.untrained_variables()
+        if frozen:
+            # Value 0 (the hidden weights feed the logits: were one not
+            # finite, the loss would not be either), gradient 0.
+            zero = sum(ops.cast(ops.sum(v), "float32") for v in frozen) * 0.0
+            loss = loss + ops.cast(zero, loss.dtype)
         return loss
+
+    def untrained_variables(self):
+        """Returns the trainable variables that get no error by design.
+
+        Those of the layers that reach the loss only through the taps of a
+        shallow `DirectFeedback` head (cut by `BlockGradient`): every hidden
+        layer of a shallow model. They stay in `trainable_variables` and
+        get a zero gradient, and `compile` excludes them from the
+        optimizer's weight decay, so they keep their initial weights.
+        (`optimizer.exclude_from_weight_decay` after `compile` replaces
+        that exclusion, as Keras's method does: call it before.) Empty
+        for dfa and drtp.
+        """
+        if not hasattr(self, "_shallow_cut"):
+            self._shallow_cut = _ShallowCut(self)
+        cut = self._shallow_cut
+        reached = {
+            id(v) for layer in cut.reached for v in layer.trainable_variables
+        }
+        below = {
+            id(v)
+            for layer in cut.below
+            for v in layer.trainable_variables
+            if id(v) not in reached
+        }
+        return [v for v in self.trainable_variables if id(v) in below]
+
+
+class _ShallowCut:
+    """The layers of a functional model that the loss reaches without
+    crossing a `BlockGradient` or a shallow head's taps (`reached`), and
+    the other layers of its graph (`below`); both empty without a shallow
+    head. An object of its own, out of Keras's attribute tracking."""
+
+    def __init__(self, model):
+        self.reached, self.below = [], []
+        if not any(
+            isinstance(layer, DirectFeedback) and layer.feedback == "shallow"
+            for layer in model._flatten_layers(include_self=False)
+        ):
+            return
+        reached, everything = {}, {}
+        for cut in (False, True):
+            seen = set()
+            stack = list(keras.tree.flatten(model.outputs))
+            while stack:
+                op, index, _ = stack.pop()._keras_history
+                node = op._inbound_nodes[index]
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                inputs = list(node.input_tensors)
+                if cut:
+                    if isinstance(op, BlockGradient):
+                        continue
+                    if isinstance(op, DirectFeedback) and (
+                        op.feedback == "shallow"
+                    ):
+                        inputs = inputs[:1]
+                    reached[id(op)] = op
+                else:
+                    everything[id(op)] = op
+                stack.extend(inputs)
+        self.reached = [
+            op for op in reached.values() if isinstance(op, keras.layers.Layer)
+        ]
+        self.below = [
+            op
+            for key, op in everything.items()
+            if key not in reached and isinstance(op, keras.layers.Layer)
+        ]
 
 
 def _has_kernel(layer):
@@ -593,7 +736,7 @@ def direct_feedback(
     Args:
         model: a built `keras.Sequential` or functional `keras.Model`
             (functional subclasses such as KerasHub models too).
-        feedback: `"dfa"`, `"drtp"` or `"shallow"`.
+        feedback: `"dfa"`, `"drtp"` or `"shallow"`, in any case.
         feedback_initializer: initializer of the direct feedback matrices.
         seed: integer seed of the direct feedback matrices.
         taps: list of the taps, each a layer name (`"outer/inner"` for a

@@ -69,6 +69,27 @@ _COMPILED = collections.OrderedDict()
 _COMPILED_SIZE = 8
 
 
+class _RuleName(StrOptions):
+    """The `feedback` constraint: a rule name of `keras_fa.models.rules()`
+    (read when checked, so rules registered later count), in any case, as
+    the layers and `keras_fa.models` take it."""
+
+    def __init__(self):
+        super().__init__(set(models.rules()))
+
+    def is_satisfied_by(self, val):
+        return isinstance(val, str) and val.lower() in models.rules()
+
+    def __str__(self):
+        names = ", ".join(repr(name) for name in models.rules())
+        return f"a str among {{{names}}} (in any case)"
+
+
+def _rule(feedback):
+    """The rule an estimator builds with: names in lower case."""
+    return feedback.lower() if isinstance(feedback, str) else feedback
+
+
 def _binary_log_loss(y_true, logits):
     # scikit-learn's binary log loss sums over the outputs (labels).
     return ops.sum(
@@ -284,7 +305,7 @@ class _FAMultilayerPerceptron(BaseEstimator):
             Interval(numbers.Integral, 1, None, closed="left"),
         ],
         "activation": [StrOptions(set(_ACTIVATIONS))],
-        "feedback": [StrOptions(set(models.rules())), FeedbackRule],
+        "feedback": [_RuleName(), FeedbackRule],
         "solver": [StrOptions({"sgd", "adam", "lbfgs"})],
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
         "batch_size": [
@@ -406,7 +427,7 @@ class _FAMultilayerPerceptron(BaseEstimator):
             "out_activation": self.out_activation_,
             "hidden": tuple(hidden),
             "activation": _ACTIVATIONS[self.activation],
-            "feedback": self.feedback,
+            "feedback": _rule(self.feedback),
             "seed": int(random_state.randint(_MAX_SEED)),
             "solver": self.solver,
             "optimizer": self._optimizer_config(),
@@ -826,8 +847,9 @@ class FAClassifier(ClassifierMixin, _FAMultilayerPerceptron):
             or `"relu"`.
         feedback: the learning rule: a name from
             `keras_fa.models.rules()` (`"bp"`, `"fa"`, `"usf"`, `"brsf"`,
-            `"frsf"`, `"kp"`, `"wm"`, `"dfa"`, `"drtp"`, `"shallow"`) or a
-            `keras_fa.feedback.FeedbackRule` instance.
+            `"frsf"`, `"kp"`, `"wm"`, `"dfa"`, `"drtp"`, `"shallow"`, in any
+            case: `"FA"` is `"fa"`) or a `keras_fa.feedback.FeedbackRule`
+            instance. `get_params` returns it as given.
         solver: `"adam"` or `"sgd"` (`"lbfgs"` needs the loss's gradient,
             which feedback rules do not follow, and is refused at fit).
         alpha: strength of the L2 penalty on the kernels.
@@ -907,6 +929,16 @@ class FAClassifier(ClassifierMixin, _FAMultilayerPerceptron):
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         if reset:
+            if classes is not None:
+                # As scikit-learn's MLPClassifier.partial_fit, whose later
+                # check this is, made at the first call, before training.
+                new = unique_labels(y)
+                missing = np.setdiff1d(new, np.asarray(classes))
+                if len(missing):
+                    raise ValueError(
+                        f"`y` has classes not in `classes`: {missing}. "
+                        f"Received: classes={classes!r}; 'y' has {new}."
+                    )
             self._label_binarizer = LabelBinarizer()
             self._label_binarizer.fit(y if classes is None else classes)
             self.classes_ = self._label_binarizer.classes_

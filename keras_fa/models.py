@@ -14,12 +14,14 @@ differ only in how they learn. The models output logits: compile them with a
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
 from keras_fa import feedback as feedback_lib
+from keras_fa._validation import check_integer
+from keras_fa._validation import check_real
+from keras_fa._validation import is_integer
 from keras_fa.direct import DIRECT_RULES
 from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
@@ -49,7 +51,16 @@ class _Network:
             self.rule = None
         else:
             self.direct = None
-            self.rule = feedback_lib.get(feedback)
+            try:
+                self.rule = feedback_lib.get(feedback)
+            except ValueError as error:
+                # feedback.get knows only the layer-wise rules.
+                raise ValueError(
+                    f"Unknown feedback rule for `feedback`. Allowed names: "
+                    f"{', '.join(rules())}; or a config dict or a "
+                    "keras_fa.feedback.FeedbackRule object. Received: "
+                    f"feedback={feedback!r}"
+                ) from error
         self.seed = standardize_seed(seed)
         self._count = 0
         self.taps = []
@@ -145,27 +156,45 @@ class _Network:
         return DirectFeedbackModel(inputs, outputs, name=name)
 
 
-def _input(input_shape, dtype=None):
-    input_shape = tuple(input_shape)
-    if not input_shape or any(
-        not isinstance(d, int) or d < 1 for d in input_shape
-    ):
+def _positive_ints(value):
+    """`value` as a tuple of ints if it is a sequence of positive integers
+    (a list, tuple, numpy shape...), else None."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return None
+    value = tuple(value)
+    if not all(is_integer(d) and d >= 1 for d in value):
+        return None
+    return tuple(int(d) for d in value)
+
+
+def _shape(name, value):
+    """Returns `value` as a non-empty tuple of positive ints, or raises a
+    ValueError naming `name`."""
+    shape = _positive_ints(value)
+    if not shape:
         raise ValueError(
-            "`input_shape` must be a tuple of positive integers (without the "
-            f"batch axis). Received: {input_shape!r}"
+            f"`{name}` must be a tuple of positive integers (without the "
+            f"batch axis). Received: {name}={value!r}"
         )
-    return keras.Input(input_shape, dtype=dtype)
+    return shape
+
+
+def _input(input_shape, dtype=None):
+    return keras.Input(_shape("input_shape", input_shape), dtype=dtype)
 
 
 def _check_classes(num_classes):
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, int)
-        or num_classes < 2
-    ):
+    return check_integer("num_classes", num_classes, minimum=2)
+
+
+def _check_hidden(hidden):
+    units = _positive_ints(hidden)
+    if units is None:
         raise ValueError(
-            f"`num_classes` must be an integer >= 2. Received: {num_classes!r}"
+            "`hidden` must be a tuple of positive integers, the units of "
+            f"each hidden layer (may be empty). Received: hidden={hidden!r}"
         )
+    return units
 
 
 def _spatial(inputs, image_shape=None):
@@ -173,7 +202,7 @@ def _spatial(inputs, image_shape=None):
     # flat feature vectors become images of `image_shape` if given, else
     # one-channel sequences.
     if image_shape is not None:
-        image_shape = tuple(image_shape)
+        image_shape = _shape("image_shape", image_shape)
         if len(inputs.shape) != 2 or math.prod(image_shape) != inputs.shape[1]:
             raise ValueError(
                 f"`image_shape` {image_shape} must hold exactly the "
@@ -210,8 +239,8 @@ def mlp(
     Args:
         input_shape: shape of one example, e.g. `(784,)` or `(28, 28, 1)`.
         num_classes: number of classes (logits).
-        feedback: a rule name (see `keras_fa.models.rules()`), config or
-            `FeedbackRule`.
+        feedback: a rule name in any case (see `keras_fa.models.rules()`),
+            config or `FeedbackRule`.
         hidden: units of each hidden layer.
         activation: activation of the hidden layers.
         seed: integer seed of the forward and feedback weights.
@@ -220,7 +249,7 @@ def mlp(
 
     >>> model = keras_fa.models.mlp((40,), 10, feedback="fa", seed=0)
     """
-    _check_classes(num_classes)
+    num_classes = _check_classes(num_classes)
     return dense_network(
         input_shape, num_classes, feedback, hidden, activation, seed
     )
@@ -237,10 +266,8 @@ def dense_network(
     """Returns `mlp`'s network with any number (>= 1) of linear `outputs`:
     logits of one class (binary), several labels, or regression targets.
     The arguments are those of `mlp`."""
-    if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1:
-        raise ValueError(
-            f"`outputs` must be an integer >= 1. Received: {outputs!r}"
-        )
+    outputs = check_integer("outputs", outputs, minimum=1)
+    hidden = _check_hidden(hidden)
     net = _Network(feedback, seed)
     inputs = _input(input_shape)
     x = inputs
@@ -274,7 +301,7 @@ def lenet(input_shape, num_classes, feedback="fa", seed=None, image_shape=None):
 
     >>> model = keras_fa.models.lenet((28, 28, 1), 10, feedback="usf", seed=0)
     """
-    _check_classes(num_classes)
+    num_classes = _check_classes(num_classes)
     net = _Network(feedback, seed)
     inputs = _input(input_shape)
     x, rank = _spatial(inputs, image_shape)
@@ -325,17 +352,14 @@ def resnet(
 
     >>> model = keras_fa.models.resnet((32, 32, 3), 10, feedback="fa")
     """
-    _check_classes(num_classes)
-    if (
-        isinstance(depth, bool)
-        or not isinstance(depth, int)
-        or depth < 8
-        or (depth - 2) % 6
-    ):
+    num_classes = _check_classes(num_classes)
+    if not is_integer(depth) or depth < 8 or (depth - 2) % 6:
         raise ValueError(
             "`depth` must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56...). "
-            f"Received: {depth!r}"
+            f"Received: depth={depth!r}"
         )
+    depth = int(depth)
+    width = check_integer("width", width, minimum=1)
     net = _Network(feedback, seed)
     inputs = _input(input_shape)
     x, rank = _spatial(inputs, image_shape)
@@ -439,31 +463,16 @@ class PositionEmbedding(keras.layers.Layer):
         }
 
 
-def _check_int(name, value, minimum=1):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < minimum
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. Received: "
-            f"{name}={value!r}"
-        )
-
-
 def _patch(patch_size, size, kind):
     # One patch length per spatial axis; it must tile the input exactly.
     rank = len(size)
     patch = patch_size
-    if isinstance(patch, numbers.Integral) and not isinstance(patch, bool):
+    if is_integer(patch):
         patch = (patch,) * rank
     if (
         not isinstance(patch, (tuple, list))
         or len(patch) != rank
-        or any(
-            isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1
-            for p in patch
-        )
+        or any(not is_integer(p) or p < 1 for p in patch)
     ):
         raise ValueError(
             f"`patch_size` must be a positive integer or a tuple of {rank} "
@@ -585,25 +594,19 @@ def transformer(
     >>> model = keras_fa.models.transformer(
     ...     (28, 28, 1), 10, feedback="fa", seed=0, patch_size=4)
     """
-    _check_classes(num_classes)
-    _check_int("num_layers", num_layers)
-    _check_int("num_heads", num_heads)
-    _check_int("hidden_dim", hidden_dim)
-    _check_int("intermediate_dim", intermediate_dim)
+    num_classes = _check_classes(num_classes)
+    num_layers = check_integer("num_layers", num_layers, minimum=1)
+    num_heads = check_integer("num_heads", num_heads, minimum=1)
+    hidden_dim = check_integer("hidden_dim", hidden_dim, minimum=1)
+    intermediate_dim = check_integer(
+        "intermediate_dim", intermediate_dim, minimum=1
+    )
     if hidden_dim % num_heads:
         raise ValueError(
             "`hidden_dim` must be a multiple of `num_heads` (the heads split "
             f"it). Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
         )
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, numbers.Real)
-        or not 0 <= dropout < 1
-    ):
-        raise ValueError(
-            f"`dropout` must be a number in [0, 1). Received: "
-            f"dropout={dropout!r}"
-        )
+    dropout = check_real("dropout", dropout, minimum=0, maximum=1)
     if head not in TRANSFORMER_HEADS:
         raise ValueError(
             f"`head` must be one of {', '.join(TRANSFORMER_HEADS)}. "
@@ -615,7 +618,9 @@ def transformer(
             f"use_causal_mask={use_causal_mask!r}"
         )
     if vocabulary_size is not None:
-        _check_int("vocabulary_size", vocabulary_size)
+        vocabulary_size = check_integer(
+            "vocabulary_size", vocabulary_size, minimum=1
+        )
         if patch_size is not None or image_shape is not None:
             raise ValueError(
                 "`patch_size` and `image_shape` are for images and feature "
@@ -623,7 +628,7 @@ def transformer(
                 f"Received: patch_size={patch_size!r}, "
                 f"image_shape={image_shape!r}"
             )
-    input_shape = tuple(input_shape)
+    input_shape = _shape("input_shape", input_shape)
     if not 1 <= len(input_shape) <= 3:
         raise ValueError(
             "`input_shape` must be (length,), (length, channels) or (height, "

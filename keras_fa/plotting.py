@@ -44,7 +44,8 @@ _STEP_LABEL = "training step"
 _EPOCH_LABEL = "epoch"
 # One panel's size in inches: a figure with n panels is n of them side by side.
 _PANEL_INCHES = (5.0, 3.5)
-# Longer series are drawn as bare lines; markers would blur into one.
+# Longer series are drawn as bare lines, markers would blur into one; only
+# a value between two gaps, which no line segment shows, keeps its marker.
 _MAX_MARKED_POINTS = 50
 
 _Panel = collections.namedtuple(
@@ -52,13 +53,29 @@ _Panel = collections.namedtuple(
 )
 
 
-def plot_alignment(history, directory, *, layers=None, measures=None, dpi=100):
+def plot_alignment(
+    history,
+    directory,
+    *,
+    layers=None,
+    measures=None,
+    dpi=100,
+    overwrite=False,
+):
     """Writes PNG figures of alignment and accuracy over training, per layer.
 
     Alignment records are keyed `"<layer name>/<measure>"`, split at the last
     `/` (so nested layer names keep theirs); everything else is a training
-    metric. Files are written only when they have something to show, and
-    missing values (`None`, NaN) are skipped:
+    metric. Files are written only when they have something to show.
+
+    Missing values (`None`, NaN) are never drawn, and never as 0. A step or
+    epoch where no layer has a value of a measure (not measured there, as
+    between the `every` steps of `keras_fa.train`) is left out of that
+    measure's lines; one where other layers have a value and this layer has
+    none is a gap in this layer's line. A layer with no value at all (the
+    hidden layers of the `shallow` rule, whose update and signal angles are
+    undefined: no signal reaches them) gets no line, no legend entry and no
+    figure of its own for that measure. The files:
 
     - `training.png`: the losses in one panel and the metrics whose name
       contains `"acc"` in another, against the epoch (from 1).
@@ -70,8 +87,16 @@ def plot_alignment(history, directory, *, layers=None, measures=None, dpi=100):
       `norm_ratio` and its `conservation_drift`. Characters outside
       `[A-Za-z0-9_.-]` in file names become `_`.
 
-    Each file is first written to a temporary file in `directory`, then
-    renamed, so a file is either there whole or not at all.
+    Figures of different runs are not mixed: unless `overwrite=True`,
+    `directory` must not hold a PNG file yet (it may be new, empty, or hold
+    other files such as a `CSVLogger` log), and a `FileExistsError` naming
+    the files is raised before anything is drawn. With `overwrite=True`, a
+    figure replaces the file of the same name, and the other PNG files of
+    `directory` (an earlier call's figures of layers or measures that this
+    call does not draw) are left as they are: give each run a directory of
+    its own to keep them apart. Each file is first written to a temporary
+    file in `directory`, then renamed, so a file is either there whole or
+    not at all; its mode follows the umask, as for any new file.
 
     Args:
         history: a `keras.callbacks.History`, an object with a `.history`
@@ -84,6 +109,9 @@ def plot_alignment(history, directory, *, layers=None, measures=None, dpi=100):
             or `None` for all of them. `training.png` is written either way.
         dpi: dots per inch: a figure of n panels is `500 * n` by `350`
             pixels at 100 dpi.
+        overwrite: whether to write into a `directory` that already holds
+            PNG files, replacing those of the same name (default `False`:
+            refuse).
 
     Returns:
         The sorted list of the paths of the files written.
@@ -102,6 +130,10 @@ def plot_alignment(history, directory, *, layers=None, measures=None, dpi=100):
         or not dpi > 0
     ):
         raise ValueError(f"`dpi` must be a positive number. Received: {dpi!r}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(
+            f"`overwrite` must be True or False. Received: {overwrite!r}"
+        )
     records = _records(history)
     catalog = _catalog(records)
     layers = _select("layers", layers, list(catalog))
@@ -111,14 +143,58 @@ def plot_alignment(history, directory, *, layers=None, measures=None, dpi=100):
         layer: [m for m in catalog[layer] if m in measures] for layer in layers
     }
 
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    directory = _prepare(directory, overwrite)
     used, paths = set(), []
     for name, figure in _figures(records, catalog, dpi):
         path = os.path.join(directory, _unique(name, used))
         _save(figure, path)
         paths.append(path)
     return sorted(paths)
+
+
+def _prepare(directory, overwrite):
+    """Checks `directory` and creates it if needed; returns it as a str.
+
+    Raises before any figure is drawn: if it is not a directory, cannot be
+    written, or (without `overwrite`) already holds PNG files.
+    """
+    try:
+        directory = os.fspath(directory)
+    except TypeError:
+        raise TypeError(
+            "`directory` must be a path (a str or os.PathLike). Received: "
+            f"{directory!r}"
+        ) from None
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(
+            f"`directory` must be a directory, but {directory!r} is a file."
+        )
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise type(error)(
+            f"`directory` {directory!r} could not be created: {error}"
+        ) from error
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"`directory` {directory!r} is not writable: the figures could "
+            "not be written there. Choose another directory."
+        )
+    figures = sorted(
+        name
+        for name in os.listdir(directory)
+        if name.lower().endswith(".png")
+        and os.path.isfile(os.path.join(directory, name))
+    )
+    if figures and not overwrite:
+        raise FileExistsError(
+            f"`directory` {directory!r} already holds figures "
+            f"({reprlib.repr(figures)}): `plot_alignment` does not write over "
+            "them or mix them with the figures of another run. Choose a new "
+            "directory, or pass `overwrite=True` to replace the figures of "
+            "the same name (the others stay)."
+        )
+    return directory
 
 
 def _import_matplotlib():
@@ -224,29 +300,46 @@ def _select(argument, names, available):
     return names
 
 
-def _series(records, key, use_steps=True):
-    """Returns `(x, y, x label)` of `key`, without its missing values.
+def _series(records, key, use_steps=True, siblings=None):
+    """Returns `(x, y, x label)` of `key`; `y` is NaN where `key` has a gap.
 
     The per-step records are used when `use_steps` and they hold a value of
-    `key`, the per-epoch ones (epochs counted from 1) otherwise.
+    `key`, the per-epoch ones (epochs counted from 1) otherwise. A row
+    (step or epoch) is kept if `key` or one of its `siblings` has a value
+    there: it was measured, and where `key` has none it is a gap in its
+    line. `siblings` defaults to the same measure of the other layers
+    (`"<any layer>/<measure>"`).
     """
     epochs, steps = records
-    if use_steps and key in steps:
-        x, y = steps[_STEP_KEY], steps[key]
-        kept = np.isfinite(x) & np.isfinite(y)
-        if kept.any():
-            return x[kept], y[kept], _STEP_LABEL
-    y = epochs.get(key, np.empty(0))
-    x = np.arange(1, y.size + 1, dtype="float64")
-    kept = np.isfinite(y)
-    return x[kept], y[kept], _EPOCH_LABEL
+    if use_steps and key in steps and np.isfinite(steps[key]).any():
+        source, x = steps, steps[_STEP_KEY]
+        xlabel = _STEP_LABEL
+    else:
+        source, xlabel = epochs, _EPOCH_LABEL
+        x = np.arange(1, epochs.get(key, np.empty(0)).size + 1, dtype=float)
+    y = source.get(key, np.empty(0))
+    if siblings is None:
+        measure = "/" + key.rpartition("/")[2] if "/" in key else None
+        siblings = [k for k in source if measure and k.endswith(measure)]
+    measured = np.isfinite(y)
+    for sibling in siblings:
+        values = source.get(sibling)
+        if (
+            sibling != _STEP_KEY
+            and values is not None
+            and values.size == y.size
+        ):
+            measured |= np.isfinite(values)
+    kept = np.isfinite(x) & measured
+    return x[kept], y[kept], xlabel
 
 
 def _panels(title, ylabel, angle, lines):
     """Panels of `(label, x, y, x label)` lines, one per x axis in use."""
     by_xlabel = {}
     for label, x, y, xlabel in lines:
-        if x.size:
+        # A line without a single value is not drawn (nor in the legend).
+        if np.isfinite(y).any():
             by_xlabel.setdefault(xlabel, []).append((label, x, y))
     return [
         _Panel(title, xlabel, ylabel, angle, by_xlabel[xlabel])
@@ -273,7 +366,7 @@ def _figures(records, catalog, dpi):
         keys = [key for key in metrics if part in key]
         # Training metrics first, then their validation counterparts.
         keys.sort(key=lambda key: key.startswith("val_"))
-        lines = [(key, *_series(records, key, False)) for key in keys]
+        lines = [(key, *_series(records, key, False, keys)) for key in keys]
         panels += _panels(title, title, False, lines)
     if panels:
         yield "training.png", _draw(panels, "training", dpi)
@@ -328,8 +421,14 @@ def _draw(panels, title, dpi):
     grid = figure.subplots(1, len(panels), squeeze=False)
     for axes, panel in zip(grid[0], panels):
         for label, x, y in panel.lines:
-            marker = "o" if x.size <= _MAX_MARKED_POINTS else None
-            axes.plot(x, y, label=label, marker=marker, markersize=3)
+            axes.plot(
+                x,
+                y,
+                label=label,
+                marker="o",
+                markevery=_marked(y),
+                markersize=3,
+            )
         if panel.angle:
             axes.axhline(
                 90.0,
@@ -344,6 +443,17 @@ def _draw(panels, title, dpi):
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     return figure
+
+
+def _marked(y):
+    """Returns which points of `y` get a marker: all of a short series, and
+    in a longer one those with a gap on both sides."""
+    finite = np.isfinite(y)
+    if y.size <= _MAX_MARKED_POINTS:
+        return finite
+    before = np.concatenate([[False], finite[:-1]])
+    after = np.concatenate([finite[1:], [False]])
+    return finite & ~before & ~after
 
 
 def _safe(name):

@@ -3,6 +3,7 @@
 import math
 import numbers
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -10,6 +11,13 @@ import numpy as np
 from keras_fa import alignment as alignment_lib
 
 _DATA_MEASURES = ("signal_angle", "update_angle")
+# Columns of `AlignmentHistory.steps` that count: ints, not floats.
+_COUNTS = ("step", "epoch")
+_ARRAYS_ONLY = (
+    "keras_fa.train takes arrays; to record alignment while training on a "
+    "data set, use model.fit(dataset, callbacks=["
+    "keras_fa.callbacks.AlignmentCallback(probe_data)])."
+)
 
 
 class AlignmentHistory:
@@ -21,9 +29,9 @@ class AlignmentHistory:
             metrics, `val_*`, and `"<layer>/<measure>"` alignment measures at
             the end of each epoch) maps to a list with one value per epoch.
         steps: dict mapping each key to one value per training step, with
-            the global step numbers (from 1) under `"step"` and the epoch
-            under `"epoch"`. Measures taken only every few steps hold NaN in
-            between.
+            the step numbers of this call (ints, from 1) under `"step"` and
+            the epoch (an int) under `"epoch"`. Measures taken only every
+            few steps hold NaN in between.
         epoch: the list of epoch indices.
         conservation_status: `{kernel: "holds" or "not applicable:
             <reason>"}`: the kernels with conservation measures, and why the
@@ -48,7 +56,13 @@ class AlignmentHistory:
         return plot_alignment(self, directory, **kwargs)
 
     def _append(self, table, row):
-        append_row(table, {key: float(value) for key, value in row.items()})
+        append_row(
+            table,
+            {
+                key: value if key in _COUNTS else float(value)
+                for key, value in row.items()
+            },
+        )
 
     def __repr__(self):
         return (
@@ -76,17 +90,13 @@ def _batches(n, batch_size, shuffle, rng):
 
 
 def _take(data, index):
-    return keras.tree.map_structure(lambda a: a[index], data)
+    def take(array):
+        if isinstance(array, np.ndarray):
+            return array[index]
+        # A tf.Tensor takes no array of indices.
+        return keras.ops.take(array, index, axis=0)
 
-
-def _length(x):
-    lengths = {len(a) for a in keras.tree.flatten(x)}
-    if len(lengths) != 1:
-        raise ValueError(
-            f"All inputs must have the same number of examples. Received "
-            f"lengths {sorted(lengths)}."
-        )
-    return lengths.pop()
+    return keras.tree.map_structure(take, data)
 
 
 def _check_positive_int(name, value, allow_none=False):
@@ -102,6 +112,27 @@ def _check_positive_int(name, value, allow_none=False):
             f"{' or None' if allow_none else ''}. Received: {name}={value!r}"
         )
     return int(value)
+
+
+def _check_options(shuffle, seed, verbose):
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise ValueError(
+            f"`shuffle` must be True or False. Received: shuffle={shuffle!r}"
+        )
+    if seed is not None and (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or seed < 0
+    ):
+        raise ValueError(
+            "`seed` must be a non-negative integer or None. Received: "
+            f"seed={seed!r}"
+        )
+    if isinstance(verbose, bool) or verbose not in (0, 1):
+        raise ValueError(
+            "`verbose` must be 0 (silent) or 1 (a progress bar). Received: "
+            f"verbose={verbose!r}"
+        )
 
 
 def train(
@@ -163,6 +194,16 @@ def train(
         An `AlignmentHistory` with `history` (per epoch), `steps` (per step)
         and `plot(directory)`.
 
+    Everything is checked before the first step, with an error naming the
+    argument: the data must be arrays (a data set or generator is refused:
+    use `model.fit` with `keras_fa.callbacks.AlignmentCallback`), with the
+    same number of examples in `x`, `y` and `sample_weight`, at least one,
+    numeric and finite; the model must take `x` and `probe_data`; with a
+    sparse categorical loss, labels must be classes of the model's output.
+    If the loss of a step is NaN or infinite, training stops after that
+    step's epoch is recorded, as `keras.callbacks.TerminateOnNaN` stops
+    `model.fit`, with a warning naming the step.
+
     Example:
 
     >>> model.compile(keras.optimizers.SGD(0.05), loss, metrics=["accuracy"])
@@ -179,23 +220,44 @@ def train(
     batch_size = _check_positive_int("batch_size", batch_size)
     every = _check_positive_int("every", every, allow_none=True)
     weights_every = _check_positive_int("weights_every", weights_every)
-    if probe_data is not None and (
-        not isinstance(probe_data, (tuple, list))
-        or len(probe_data) not in (2, 3)
-    ):
-        raise ValueError(
-            "`probe_data` must be a tuple (x, y) or (x, y, sample_weight), "
-            "or None."
+    _check_options(shuffle, seed, verbose)
+    n = alignment_lib.check_data(x, y, sample_weight, hint=_ARRAYS_ONLY)
+    if probe_data is not None:
+        probe_data = alignment_lib.check_probe_data(probe_data, allow_none=True)
+    if validation_data is not None:
+        validation_data = alignment_lib.check_probe_data(
+            validation_data, name="validation_data", allow_none=True
         )
-    n = _length(x)
-    if _length(y) != n:
-        raise ValueError(
-            f"x has {n} examples but y has {_length(y)}: they must match."
-        )
+    head = np.arange(min(n, batch_size))
+    first = _take(x, head)
     if not model.built:
-        model(_take(x, np.arange(min(n, batch_size))))
+        try:
+            model(first)
+        except Exception as error:
+            raise ValueError(f"The model cannot take `x`: {error}") from error
     # One meter per model: its compiled functions serve every call.
     meter = alignment_lib._meter(model)
+    # The model and its loss take a batch of each data set, and all their
+    # labels are classes of the model's output.
+    meter.check_batch(
+        first,
+        _take(y, head),
+        None if sample_weight is None else _take(sample_weight, head),
+    )
+    outputs = meter._output_spec(first)
+    alignment_lib._check_labels(model, y, outputs)
+    if probe_data is not None:
+        meter.check_batch(*probe_data, name="probe_data")
+    if validation_data is not None:
+        size = keras.tree.flatten(validation_data[0])[0].shape[0]
+        head = np.arange(min(size, batch_size))
+        meter.check_batch(
+            *(_take(part, head) for part in validation_data),
+            name="validation_data",
+        )
+        alignment_lib._check_labels(
+            model, validation_data[1], outputs, name="validation_data"
+        )
     record = AlignmentHistory(
         model,
         {
@@ -211,6 +273,7 @@ def train(
     record.conservation_status = meter.conservation_status
     meter.reset_reference()
     step = 0
+    stopped = False
     for epoch in range(epochs):
         record.epoch.append(epoch)
         progbar = (
@@ -227,7 +290,7 @@ def train(
         start = time.perf_counter()
         for index in _batches(n, batch_size, shuffle, rng):
             xb, yb = _take(x, index), _take(y, index)
-            sw = None if sample_weight is None else sample_weight[index]
+            sw = None if sample_weight is None else _take(sample_weight, index)
             row = {}
             if every is not None and step % every == 0:
                 probe = probe_data or (xb, yb)
@@ -237,6 +300,16 @@ def train(
             # train_on_batch resets the metrics: logs are this batch's.
             logs = model.train_on_batch(xb, yb, sw, return_dict=True)
             step += 1
+            loss = float(logs.get("loss", 0.0))
+            if not math.isfinite(loss):
+                warnings.warn(
+                    f"keras_fa.train: the loss is {loss} at step {step} "
+                    f"(epoch {epoch}): training stops after this epoch's "
+                    "record, as keras.callbacks.TerminateOnNaN stops "
+                    "model.fit. Check the data, or lower the learning rate.",
+                    stacklevel=2,
+                )
+                stopped = True
             if step % weights_every == 0:
                 row.update(meter.weights())
             row.update({k: float(v) for k, v in logs.items()})
@@ -251,6 +324,8 @@ def train(
                 progbar.update(
                     math.ceil(count / batch_size), shown, finalize=False
                 )
+            if stopped:
+                break
         epoch_logs = {key: total / count for key, total in totals.items()}
         probe = probe_data or (xb, yb)
         epoch_logs.update(meter.measure(*probe))
@@ -272,6 +347,8 @@ def train(
             progbar.stateful_metrics.update(k for k, _ in shown)
             shown.append(("update_angle", _mean_angle(epoch_logs, hidden)))
             progbar.update(record.params["steps_per_epoch"], shown, True)
+        if stopped:
+            break
     return record
 
 

@@ -567,6 +567,116 @@ def test_errors():
     # Weight measures need no loss.
     name = model.layers[0].name
     assert f"{name}/weight_angle" in alignment.Alignment(model).weights()
+    with pytest.raises(TypeError, match="keras.Model. Received: str"):
+        alignment.measure("model", np.ones((2, 4)), np.zeros(2))
+    with pytest.raises(TypeError, match=r"`share` must be a hashable .*\[1\]"):
+        alignment.Alignment(model, share=[1])
+    with pytest.raises(ValueError, match=r"`a` must be an array of numbers"):
+        alignment.angle("x", [1.0])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True))
+    meter = alignment.Alignment(model)
+    with pytest.raises(ValueError, match="`exact` must be True or False"):
+        meter.gradients(np.ones((2, 4)), np.zeros(2), exact="yes")
+
+
+def test_measure_checks_the_batch_before_measuring():
+    model = _mlp("fa")
+    x, y = _data()
+    inf = x.copy()
+    inf[3, 1] = np.inf
+    cases = [
+        ((x[:0], y[:0]), "`x` has no examples"),
+        ((x, y[:5]), "same number of examples .* `x`: 12, `y`: 5"),
+        ((inf, y), r"`x` holds 1 NaN or infinite value\(s\), the first inf "),
+        ((x, y + 1), r"`y` holds the label 4 .* 4 outputs: .* \[0, 4\)"),
+        ((x, y - 1), r"`y` holds the label -1 "),
+        ((x[:, :3], y), r"cannot take `x` \(shape \(12, 3\)\)"),
+        ((x, np.eye(4)[y]), r"loss cannot take `y` \(shape \(12, 4\)\)"),
+    ]
+    functions = (
+        alignment.measure,
+        alignment.gradients,
+        alignment.true_gradients,
+    )
+    for args, match in cases:
+        for function in functions:
+            with pytest.raises(ValueError, match=match):
+                function(model, *args)
+    with pytest.raises(TypeError, match="`y` must hold numbers"):
+        alignment.measure(model, x, y.astype(str))
+    # A class the loss ignores is no class of the model's.
+    model.compile(
+        "sgd",
+        keras.losses.SparseCategoricalCrossentropy(True, ignore_class=-1),
+    )
+    ignored = np.where(np.arange(len(y)) % 3 == 0, -1, y)
+    got = alignment.measure(model, x, ignored)
+    assert all(math.isfinite(v) for v in got.values())
+
+
+def _lora_factors(layer):
+    scale = layer.lora_alpha / layer.lora_rank
+    return _np(layer.lora_kernel_a), _np(layer.lora_kernel_b), scale
+
+
+def test_lora_layer_is_measured_through_its_factors():
+    model = _mlp("fa")
+    x, y = _data()
+    first, middle, last = model.layers
+    stale = alignment.Alignment(model)
+    assert f"{middle.name}/update_angle" in alignment.measure(model, x, y)
+    middle.enable_lora(2)
+    # B of LoRA starts at zero: move it, so that both factors learn.
+    rng = np.random.default_rng(1)
+    middle.lora_kernel_b.assign(rng.normal(size=(2, 8)).astype("float32"))
+    got = alignment.measure(model, x, y)
+    assert [k for k in got if k.startswith(middle.name + "/")] == [
+        f"{middle.name}/{m}" for m in ANGLES_AND_RATIO
+    ]
+    # The forward kernel is W0 + A B * alpha / rank, which the feedback
+    # stands in for; the optimizer receives the gradients of A and B.
+    ref = _reference(model, x, y)
+    a, b, scale = _lora_factors(middle)
+    merged = _np(middle._kernel) + scale * a @ b
+    np.testing.assert_allclose(ref["W"][1], merged, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got[f"{middle.name}/weight_angle"],
+        alignment.angle(merged, ref["B"][1]),
+        rtol=1e-4,
+    )
+
+    def factor_grads(mode):
+        d_w = ref[mode]["dW"][1]
+        return np.concatenate(
+            [(scale * d_w @ b.T).ravel(), (scale * a.T @ d_w).ravel()]
+        )
+
+    expected = alignment.angle(factor_grads("rule"), factor_grads("true"))
+    assert 5 < expected < 175  # fa's update is not backprop's
+    np.testing.assert_allclose(
+        got[f"{middle.name}/update_angle"], expected, rtol=1e-3
+    )
+    # The law is not derived for LoRA: neither for its neurons nor for the
+    # neurons before it.
+    status = alignment.Alignment(model).conservation_status
+    assert "LoRA is enabled" in status[middle.name]
+    assert "next kernel" in status[first.name]
+    assert "LoRA" in status[first.name]
+    assert not any(k.startswith(first.name + "/conserv") for k in got)
+    assert status[last.name] == alignment.OUTPUT_KERNEL
+    # A meter made before enable_lora would read stale variables.
+    with pytest.raises(ValueError, match="trainable variables changed"):
+        stale.measure(x, y)
+    with pytest.raises(ValueError, match="trainable variables changed"):
+        stale.weights()
+
+
+ANGLES_AND_RATIO = (
+    "weight_angle",
+    "norm_ratio",
+    "signal_angle",
+    "update_angle",
+)
 
 
 # -- every layer type: one set of measures per kernel -------------------------

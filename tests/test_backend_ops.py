@@ -56,14 +56,15 @@ BATCH = 2
 
 def _depthwise_cases():
     cases = []
-    for rank, padding, data_format, multiplier, (strides, rate) in (
-        itertools.product(
-            (1, 2),
-            ("valid", "same"),
-            ("channels_last", "channels_first"),
-            (1, 2),
-            DEPTHWISE_STEPS,
-        )
+    for rank, padding, data_format, multiplier, (
+        strides,
+        rate,
+    ) in itertools.product(
+        (1, 2),
+        ("valid", "same"),
+        ("channels_last", "channels_first"),
+        (1, 2),
+        DEPTHWISE_STEPS,
     ):
         cases.append(
             dict(
@@ -92,13 +93,15 @@ def _depthwise_cases():
 
 def _transpose_cases():
     cases = []
-    for rank, padding, data_format, (strides, rate, output_padding) in (
-        itertools.product(
-            (1, 2, 3),
-            ("valid", "same"),
-            ("channels_last", "channels_first"),
-            TRANSPOSE_STEPS,
-        )
+    for rank, padding, data_format, (
+        strides,
+        rate,
+        output_padding,
+    ) in itertools.product(
+        (1, 2, 3),
+        ("valid", "same"),
+        ("channels_last", "channels_first"),
+        TRANSPOSE_STEPS,
     ):
         if rank == 3 and (strides, rate) == (1, 1) and output_padding is None:
             continue  # rank 3 is slow to compile; its other cases cover it
@@ -298,8 +301,7 @@ def _tensorflow_cannot_transpose(case, kernel_size):
     strides = _steps(case["strides"], rank)
     rates = _steps(case["dilation_rate"], rank)
     return any(
-        p >= s
-        or (case["padding"] == "same" and ((k - 1) * r + 1) % 2 + p == 0)
+        p >= s or (case["padding"] == "same" and ((k - 1) * r + 1) % 2 + p == 0)
         for k, p, s, r in zip(kernel_size, pads, strides, rates)
     )
 

@@ -3,11 +3,14 @@
 import csv
 import json
 import os
+import shlex
+import stat
 import subprocess
 import sys
 import textwrap
 import types
 
+import keras
 import numpy as np
 import pytest
 
@@ -23,6 +26,61 @@ QUICK = ["--epochs", "2", "--batch-size", "64", "--quiet"]
 def _cells(output):
     directory = os.path.join(output, "cells")
     return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def _fake_cell(args, task, model, rule, seed):
+    # A record as run.run_cell returns it, made without training.
+    layers = ["hidden_0", "hidden_1", "output"]
+    history = {"val_accuracy": [0.5] * args.epochs}
+    for name in layers:
+        history[f"{name}/update_angle"] = [30.0] * args.epochs
+    return {
+        "format": run.FORMAT_VERSION,
+        "config": run.config_of(args),
+        "model": model,
+        "rule": rule,
+        "seed": seed,
+        "num_classes": task.num_classes,
+        "classes": None,
+        "test_accuracy": 0.5 + seed / 100,
+        "test_loss": 1.0,
+        "history": history,
+        "layers": layers,
+        "final_alignment": {},
+        "hidden_update_angles": [30.0, 40.0],
+        "throughput": 100.0,
+        "train_seconds": 1.0,
+        "wall_seconds": 1.0,
+        "parameters": 10,
+    }
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Replaces run.run_cell by `_fake_cell`; returns the list of the cells
+    it was asked for, as (model, rule, seed)."""
+    calls = []
+
+    def run_cell(args, task, model, rule, seed):
+        calls.append((model, rule, seed))
+        return _fake_cell(args, task, model, rule, seed)
+
+    monkeypatch.setattr(run, "run_cell", run_cell)
+    return calls
+
+
+def _no_work(monkeypatch):
+    # Makes loading data or training fail the test.
+    def fail(*args, **kwargs):
+        raise AssertionError("data was loaded or a cell trained")
+
+    monkeypatch.setattr(run, "run_cell", fail)
+    monkeypatch.setattr(datasets, "load", fail)
+
+
+def _summary_rules(output):
+    with open(os.path.join(output, "summary.csv")) as file:
+        return [(row["rule"], row["seeds"]) for row in csv.DictReader(file)]
 
 
 def test_cells_summary_and_figures(tmp_path):
@@ -68,47 +126,273 @@ def test_cells_summary_and_figures(tmp_path):
             assert file.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_rerun_skips_finished_cells_and_interrupt_keeps_them(
-    tmp_path, monkeypatch
+def test_interrupt_keeps_finished_cells_and_says_how_to_resume(
+    tmp_path, monkeypatch, fake, capsys
 ):
     out = str(tmp_path / "runs")
     args = ["--rules", "bp,fa,usf", "--output", out, *QUICK]
-    calls = []
-    real = run.run_cell
 
     def interrupted(*a, **k):
-        calls.append(a[2:])
-        if len(calls) == 2:
+        if len(fake) == 1:  # the second cell
             raise KeyboardInterrupt
-        return real(*a, **k)
+        fake.append(a[2:])
+        return _fake_cell(*a, **k)
 
     monkeypatch.setattr(run, "run_cell", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as error:
         run.main(args)
+    assert error.value.code == 130
+    # One line: what is kept and the command that resumes; no traceback.
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "1 of 3 cells are finished and kept" in err
+    assert err.strip().endswith(
+        f"KERAS_BACKEND={BACKEND} python -m benchmarks.run " + shlex.join(args)
+    )
     # The finished cell is on disk, complete; nothing half-written.
-    assert os.listdir(os.path.join(out, "cells")) == [
-        "digits__mlp__bp__seed0.json"
-    ]
+    assert _cells(out) == ["digits__mlp__bp__seed0.json"]
     first = os.path.join(out, "cells", "digits__mlp__bp__seed0.json")
     assert run.read_cell(first) is not None
     stamp = os.stat(first).st_mtime_ns
-    calls.clear()
+    fake.clear()
     monkeypatch.setattr(
-        run, "run_cell", lambda *a, **k: calls.append(a[2:]) or real(*a, **k)
+        run, "run_cell", lambda *a, **k: fake.append(a[2:]) or _fake_cell(*a)
     )
     run.main(args)
-    assert calls == [("mlp", "fa", 0), ("mlp", "usf", 0)]
+    assert fake == [("mlp", "fa", 0), ("mlp", "usf", 0)]
     assert os.stat(first).st_mtime_ns == stamp
-    calls.clear()
+    fake.clear()
     run.main(args)
-    assert calls == []
+    assert fake == []
 
 
-def test_other_settings_are_refused(tmp_path):
+def test_one_directory_holds_one_set_of_settings(tmp_path, fake, capsys):
     out = str(tmp_path / "runs")
     run.main(["--rules", "fa", "--output", out, *QUICK])
-    with pytest.raises(SystemExit, match="epochs=2, now 3"):
-        run.main(["--rules", "fa", "--output", out, *QUICK, "--epochs", "3"])
+    manifest = json.load(open(os.path.join(out, run.MANIFEST)))
+    assert manifest["config"]["epochs"] == 2
+    # Other settings, even for cells of other names, are refused up front
+    # (before, their summary dropped the first settings' rows).
+    for argv in (["--rules", "fa"], ["--rules", "bp"]):
+        with pytest.raises(SystemExit, match="epochs=2, now 3"):
+            run.main([*argv, "--output", out, *QUICK, "--epochs", "3"])
+    assert fake == [("mlp", "fa", 0)]
+    # Rules and seeds may be added: the summary keeps every cell.
+    run.main(["--rules", "bp", "--seeds", "2", "--output", out, *QUICK])
+    assert _summary_rules(out) == [("bp", "2"), ("fa", "1")]
+
+
+def test_a_directory_without_cells_takes_new_settings(
+    tmp_path, monkeypatch, fake
+):
+    out = str(tmp_path / "runs")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "run_cell", interrupted)
+    with pytest.raises(SystemExit):
+        run.main(["--rules", "fa", "--output", out, *QUICK])
+    assert _cells(out) == [] and os.path.exists(os.path.join(out, run.MANIFEST))
+    monkeypatch.setattr(run, "run_cell", _fake_cell)
+    run.main(["--rules", "fa", "--output", out, *QUICK, "--epochs", "3"])
+    manifest = json.load(open(os.path.join(out, run.MANIFEST)))
+    assert manifest["config"]["epochs"] == 3
+
+
+def test_a_directory_of_other_files_is_refused(tmp_path, monkeypatch):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "summary.md").write_text("my own notes")
+    _no_work(monkeypatch)
+    with pytest.raises(SystemExit) as error:
+        run.main(["--rules", "fa", "--output", str(out), *QUICK])
+    message = str(error.value.code)
+    assert str(out) in message and "did not write" in message
+    assert "new or empty --output" in message
+    assert sorted(os.listdir(out)) == ["summary.md"]
+    assert (out / "summary.md").read_text() == "my own notes"
+
+
+def test_settings_hold_the_backend_and_versions(tmp_path, fake):
+    out = str(tmp_path / "runs")
+    argv = ["--rules", "fa", "--output", out, *QUICK]
+    run.main(argv)
+    config = run.config_of(run.parse_args(argv))
+    assert config["backend"] == BACKEND
+    assert config["keras_version"] == keras.__version__
+    assert config["keras_fa_version"] == keras_fa.__version__
+    assert config["backend_version"] == __import__(BACKEND).__version__
+    # Made under another backend: the directory's manifest says so...
+    manifest_path = os.path.join(out, run.MANIFEST)
+    manifest_text = open(manifest_path).read()
+    manifest = json.loads(manifest_text)
+    manifest["config"]["backend"] = "other"
+    run.write_atomic(manifest_path, json.dumps(manifest))
+    with pytest.raises(SystemExit, match=f"backend='other', now '{BACKEND}'"):
+        run.main(argv)
+    run.write_atomic(manifest_path, manifest_text)
+    # ... or a cell file does (copied from elsewhere).
+    cell = os.path.join(out, "cells", "digits__mlp__fa__seed0.json")
+    record = json.load(open(cell))
+    record["config"]["backend"] = "other"
+    run.write_atomic(cell, json.dumps(record))
+    with pytest.raises(SystemExit) as error:
+        run.main(argv)
+    message = str(error.value.code)
+    assert cell in message and f"backend='other', now '{BACKEND}'" in message
+    assert fake == [("mlp", "fa", 0)]
+    assert json.load(open(cell))["config"]["backend"] == "other"
+
+
+def _good_record(tmp_path):
+    args = run.parse_args(["--output", str(tmp_path), *QUICK])
+    return _fake_cell(
+        args, types.SimpleNamespace(num_classes=10), "mlp", "fa", 0
+    )
+
+
+def _without(record, key):
+    return {k: v for k, v in record.items() if k != key}
+
+
+MALFORMED = {
+    "a list": (lambda r: "[1, 2, 3]", "holds [1, 2, 3], not a cell record"),
+    "no config": (
+        lambda r: json.dumps(_without(r, "config")),
+        "has no config",
+    ),
+    "truncated": (
+        lambda r: json.dumps(r, indent=1)[:200],
+        "is not valid JSON",
+    ),
+    "a key missing": (
+        lambda r: json.dumps(_without(r, "hidden_update_angles")),
+        "lacks hidden_update_angles",
+    ),
+    "a key of another type": (
+        lambda r: json.dumps({**r, "test_accuracy": "high"}),
+        'has test_accuracy "high", not a float',
+    ),
+    "another cell's record": (
+        lambda r: json.dumps({**r, "rule": "bp"}),
+        "holds the record of cell digits__mlp__bp__seed0",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_malformed_cells_are_reported_set_aside_and_run_again(
+    kind, tmp_path, monkeypatch, fake, capsys
+):
+    out = str(tmp_path / "runs")
+    run.main(["--rules", "fa,usf", "--output", out, *QUICK])
+    make, words = MALFORMED[kind]
+    bad_text = make(_good_record(tmp_path))
+    paths = {}
+    for rule in ("fa", "usf"):
+        paths[rule] = os.path.join(
+            out, "cells", f"digits__mlp__{rule}__seed0.json"
+        )
+        with open(paths[rule], "w") as file:
+            file.write(bad_text.replace('"fa"', f'"{rule}"'))
+    fake.clear()
+    capsys.readouterr()
+
+    def check_then_run(*args, **kwargs):
+        # Reported and moved aside before any training.
+        err = capsys.readouterr().err
+        assert f"{paths['fa']} {words}" in err and f"{paths['usf']} " in err
+        assert os.path.exists(paths["fa"] + ".bad")
+        fake.append(args[2:])
+        return _fake_cell(*args, **kwargs)
+
+    monkeypatch.setattr(run, "run_cell", check_then_run)
+    run.main(["--rules", "fa", "--output", out, *QUICK])
+    assert fake == [("mlp", "fa", 0)]
+    for rule in ("fa", "usf"):
+        # Never deleted: the bad file is kept as it was.
+        expected = bad_text.replace('"fa"', f'"{rule}"')
+        assert open(paths[rule] + ".bad").read() == expected
+    assert run.read_cell(paths["fa"]) is not None
+    assert not os.path.exists(paths["usf"])
+    assert _summary_rules(out) == [("fa", "1")]
+    # A second bad copy does not replace the first.
+    with open(paths["fa"], "w") as file:
+        file.write("[")
+    monkeypatch.setattr(run, "run_cell", _fake_cell)
+    run.main(["--rules", "fa", "--output", out, *QUICK])
+    assert open(paths["fa"] + ".bad2").read() == "["
+    assert run.read_cell(paths["fa"]) is not None
+
+
+def test_malformed_cell_messages_say_what_happens(tmp_path, fake, capsys):
+    out = str(tmp_path / "runs")
+    run.main(["--rules", "fa,usf", "--output", out, *QUICK])
+    for rule in ("fa", "usf"):
+        path = os.path.join(out, "cells", f"digits__mlp__{rule}__seed0.json")
+        with open(path, "w") as file:
+            file.write("{")
+    capsys.readouterr()
+    run.main(["--rules", "fa", "--output", out, *QUICK])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("the cell runs again now.")
+    assert "__fa__" in lines[0] and "moved aside to" in lines[0]
+    assert lines[1].endswith("the cell runs again when a command includes it.")
+
+
+def test_write_atomic_follows_the_umask(tmp_path):
+    path = str(tmp_path / "summary.md")
+    # 0o077 first: the file it writes is then replaced under 0o022.
+    for umask, mode in ((0o077, 0o600), (0o022, 0o644), (0o002, 0o664)):
+        old = os.umask(umask)
+        try:
+            run.write_atomic(path, "text")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode, oct(umask)
+
+
+def test_output_through_a_file_is_refused_up_front(
+    tmp_path, monkeypatch, capsys
+):
+    notes = tmp_path / "notes"
+    notes.write_text("mine")
+    _no_work(monkeypatch)
+    for output, words in (
+        (notes / "runs", f"{notes} is a file, not a directory"),
+        (notes, "it is a file, not a directory"),
+    ):
+        with pytest.raises(SystemExit) as error:
+            run.main(["--rules", "fa", "--output", str(output), *QUICK])
+        assert error.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --output: cannot use {str(output)!r}: {words}" in err
+    assert notes.read_text() == "mine"
+
+
+def test_unwritable_output_is_refused_up_front(tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _no_work(monkeypatch)
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("permissions are bypassed here (root)")
+        for output, words in (
+            (locked / "runs", f"cannot be created: {locked} is not writable"),
+            (locked, "it is not writable"),
+        ):
+            with pytest.raises(SystemExit) as error:
+                run.main(["--rules", "fa", "--output", str(output), *QUICK])
+            assert error.value.code == 2
+            err = capsys.readouterr().err
+            assert f"argument --output: cannot use {str(output)!r}" in err
+            assert words in err
+    finally:
+        locked.chmod(0o700)
+    assert os.listdir(locked) == []
 
 
 def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
@@ -125,16 +409,33 @@ def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["result.json"]
 
 
+INTEGER = "must be an integer >= 1, got"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--rules", "fa,sgd"], "unknown rule"),
+        (["--rules", "fa,sgd"], "--rules: unknown rule(s) sgd; allowed: bp"),
+        (["--rules", "fa,FA"], "--rules: rule fa given more than once"),
         (["--model", "resnet21"], "resnet<6n+2>"),
         (["--model", "vit"], "transformer"),
-        (["--patch-size", "0"], "must be > 0"),
+        (["--model", "mlp,MLP"], "--model: model mlp given more than once"),
+        (["--patch-size", "0"], f"--patch-size: {INTEGER} '0'"),
+        (["--patch-size", "a"], f"--patch-size: {INTEGER} 'a'"),
         (["--dataset", "imagenet"], "invalid choice"),
-        (["--classes", "1"], "--classes must be >= 2"),
-        (["--epochs", "0"], "must be > 0"),
+        (["--classes", "1"], "--classes: must be between 2 and 10, the"),
+        (["--classes", "11"], "between 2 and 10, the classes of digits, got"),
+        (["--dataset", "mnist1d", "--classes", "11"], "of mnist1d, got 11"),
+        (["--epochs", "0"], f"--epochs: {INTEGER} '0'"),
+        (["--batch-size", "0"], f"--batch-size: {INTEGER} '0'"),
+        (["--probe", "-5"], f"--probe: {INTEGER} '-5'"),
+        (["--seeds", "0"], "--seeds: must be a count >= 1"),
+        (["--seeds", "1,-1"], "list of seeds >= 0, got '1,-1'"),
+        (["--seeds", "0,2,0"], "--seeds: seed 0 given more than once"),
+        (["--weight-decay", "-1"], "--weight-decay: must be a number >= 0"),
+        (["--learning-rate", "0"], "--learning-rate: must be a number > 0"),
+        (["--learning-rate", "-0.001"], "a number > 0, got '-0.001'"),
+        (["--learning-rate", "nan"], "a number > 0, got 'nan'"),
         (["--optimizer", "rmsprop"], "invalid choice"),
     ],
 )
@@ -143,6 +444,45 @@ def test_bad_arguments_name_what_is_allowed(argv, message, capsys):
         run.parse_args(argv)
     assert error.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_good_arguments_are_taken():
+    args = run.parse_args(
+        ["--rules", "FA,Dfa", "--model", "MLP,ResNet8", "--seeds", "3,1"]
+    )
+    # Rule names ignore case, as in the layers.
+    assert args.rules == ["fa", "dfa"] and args.model == ["mlp", "resnet8"]
+    assert args.seeds == [3, 1]
+    args = run.parse_args(["--weight-decay", "0", "--classes", "10"])
+    assert args.weight_decay == 0.0 and args.classes == 10
+
+
+def test_classes_of_a_tfds_set_are_known_without_its_data(
+    tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("tensorflow_datasets")
+    _no_work(monkeypatch)
+    argv = ["--dataset", "cifar100", "--data-dir", str(tmp_path / "tfds")]
+    with pytest.raises(SystemExit):
+        run.parse_args([*argv, "--classes", "101"])
+    assert "between 2 and 100, the classes of cifar100, got 101" in (
+        capsys.readouterr().err
+    )
+    assert run.parse_args([*argv, "--classes", "100"]).classes == 100
+
+
+def test_patches_that_do_not_tile_are_refused_before_training(
+    tmp_path, fake, capsys
+):
+    out = str(tmp_path / "runs")
+    argv = ["--model", "transformer", "--patch-size", "3", "--rules", "fa"]
+    with pytest.raises(SystemExit) as error:
+        run.main([*argv, "--output", out, *QUICK])
+    assert error.value.code == 2
+    assert "argument --patch-size: 3 does not tile the digits inputs" in (
+        capsys.readouterr().err
+    )
+    assert fake == [] and _cells(out) == []
 
 
 def test_class_subsets_and_lenet(tmp_path):
@@ -228,8 +568,9 @@ def test_transformer_patches():
     assert run.model_kwargs(args, task("digits", (64,)), "mlp") == {}
     args = run.parse_args(["--model", "transformer", "--patch-size", "3"])
     assert run.config_of(args)["patch_size"] == 3
-    with pytest.raises(SystemExit, match="--patch-size 3 does not tile"):
+    with pytest.raises(SystemExit) as error:
         run.model_kwargs(args, task("digits", (64,)), "transformer")
+    assert error.value.code == 2
     assert run.model_kwargs(args, task("x", (12, 3)), "transformer") == {
         "patch_size": 3
     }
@@ -412,3 +753,23 @@ def test_distribute_refused_on_torch(capsys):
     with pytest.raises(SystemExit):
         run.parse_args(["--distribute"])
     assert "jax or tensorflow" in capsys.readouterr().err
+
+
+def test_curves_leave_out_what_was_not_measured():
+    def record(rule, angles):
+        return {
+            "rule": rule,
+            "layers": ["hidden", "output"],
+            "history": {"hidden/update_angle": angles},
+        }
+
+    nan = float("nan")
+    records = [
+        record("fa", [50.0, 40.0]),
+        record("fa", [nan, 30.0]),  # a seed that missed epoch 1
+        record("shallow", [nan, nan]),  # no signal below the head
+    ]
+    curves = run._curves(records, "update_angle")
+    # shallow has no curve (it was drawn at 0 with a legend entry before).
+    assert sorted(curves) == ["fa"]
+    np.testing.assert_allclose(curves["fa"], [50.0, 35.0])

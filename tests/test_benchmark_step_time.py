@@ -8,6 +8,7 @@ import pytest
 
 import keras_fa
 from benchmarks import step_time
+from benchmarks.shared import names
 from tests.conftest import BACKEND
 
 # The transformer's feedback versions come from keras_fa.convert, which may
@@ -147,3 +148,14 @@ def test_quick_run_writes_table_and_json(tmp_path):
         # One timed fit (the warm-up fit is not counted).
         assert len(row["wall_ms"]) == len(row["cpu_ms"]) == 1
         assert f"{row['cpu_ratio']:.3f}" == body[row["variant"]][6]
+
+
+def test_name_lists_ignore_case_as_the_layers_do():
+    # benchmarks.shared.names reads --rules and --models of every script.
+    assert names(" FA,Usf ", step_time.RULES, "--rules") == ["fa", "usf"]
+    args = step_time.parse_args(["--rules", "FA,kp", "--models", "MLP"])
+    assert args.rules == ["fa", "kp"] and args.models == ["mlp"]
+    with pytest.raises(SystemExit, match="--rules: unknown or empty"):
+        names("fa,xx", step_time.RULES, "--rules")
+    with pytest.raises(SystemExit, match="choose from mlp,cnn"):
+        names(" , ", step_time.MODELS, "--models")

@@ -246,6 +246,140 @@ def test_every_counts_steps_with_steps_per_execution():
     assert align.steps["step"] == [0, 2, 4, 6, 8]
 
 
+class _Iterations(keras.callbacks.Callback):
+    """Records the optimizer's step count at each `on_train_batch_end`."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()
+        self.seen.append(int(self.model.optimizer.iterations))
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="torch has no steps_per_execution > 1"
+)
+def test_steps_are_the_optimizers_count_with_steps_per_execution():
+    # 48 examples in batches of 8: an execution of 4 steps, then one of 2,
+    # which Keras reports as ending at batch index 7.
+    model = _mlp()
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=4,
+    )
+    x, y = _data(n=48)
+    align = AlignmentCallback(_probe(), every=1, measures="weight_angle")
+    # A multiple of 4 inside an execution is checked at its end.
+    monitor = ConservationMonitor(every=4)
+    counts = _Iterations()
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        batch_size=8,
+        shuffle=False,
+        callbacks=[align, monitor, counts],
+        verbose=0,
+    )
+    assert counts.seen == [4, 6, 10, 12]
+    assert align.steps["step"] == [0, 4, 6, 10, 12]
+    assert monitor.steps["step"] == [0, 4, 10, 12]
+    assert all(type(step) is int for step in align.steps["step"])
+
+
+def test_steps_continue_the_optimizers_count_in_a_second_fit():
+    model = _mlp()
+    align = AlignmentCallback(_probe(), every=2, measures="update_angle")
+    _fit(model, [align], epochs=1)
+    assert align.steps["step"] == [0, 2, 4]
+    _fit(model, [align], epochs=1)
+    assert align.steps["step"] == [4, 6, 8]
+    assert align.history["epoch"] == [0]
+    assert int(model.optimizer.iterations) == 8
+
+
+# -- models built by model.fit -------------------------------------------------
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras_fa.FADense(
+            16, activation="relu", seed=1, name="hidden"
+        )
+        self.out = keras_fa.FADense(3, seed=3, name="output")
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def _compiled(model):
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def test_subclassed_model_not_built_is_measured_from_step_0():
+    # On tensorflow, model.fit builds such a model only in its first step.
+    x, y = _probe()
+    keras.utils.set_random_seed(0)
+    built = _compiled(SubclassedNet())
+    built(x[:1])
+    before = Alignment(built).measure(x, y)
+    keras.utils.set_random_seed(0)
+    model = _compiled(SubclassedNet())
+    assert not model.built
+    monitor = ConservationMonitor(every=2)
+    align = AlignmentCallback((x, y), every=2)
+    # The monitor first: it starts before the probe has built the model.
+    with pytest.warns(UserWarning, match="found no layer"):
+        _fit(model, [monitor, align], epochs=1)
+    assert align.steps["step"] == [0, 2, 4]
+    assert sorted(before) == sorted(_measure_keys(align.steps))
+    for key, value in before.items():
+        np.testing.assert_allclose(
+            align.steps[key][0], value, rtol=1e-5, atol=1e-6, err_msg=key
+        )
+    assert all(math.isfinite(v) for v in align.history["hidden/update_angle"])
+    # A subclassed model has no graph to find the law in.
+    assert monitor.history == {"epoch": [0]}
+
+
+def test_conservation_monitor_of_a_model_built_in_the_first_step():
+    keras.utils.set_random_seed(0)
+    model = _compiled(
+        keras.Sequential(
+            [
+                keras_fa.FADense(16, activation="relu", seed=1, name="hidden"),
+                keras_fa.FADense(3, seed=3, name="output"),
+            ]
+        )
+    )
+    monitor = ConservationMonitor(every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(model, [monitor], epochs=1)
+    late = [w for w in caught if "built only in the first" in str(w.message)]
+    drift = monitor.steps["hidden/conservation_drift"]
+    if BACKEND == "tensorflow":
+        # Q(0) is taken after the step that built the model, and said so.
+        assert len(late) == 1
+        assert "Q(0) is taken at step 1" in str(late[0].message)
+        assert monitor.steps["step"] == [1, 2, 3, 4]
+    else:
+        # jax and torch build it before training starts.
+        assert late == []
+        assert monitor.steps["step"] == [0, 1, 2, 3, 4]
+    assert drift[0] == 0.0 and all(d != 0.0 for d in drift[1:])
+    assert len(monitor.history["hidden/conservation_drift_max"]) == 1
+
+
 @pytest.mark.parametrize(
     "dropout_seed",
     # On torch, Keras draws an unseeded Dropout's masks from torch's global
@@ -362,6 +496,30 @@ def test_every_and_measures_select_what_is_recorded():
 def test_bad_arguments_name_what_is_allowed():
     probe = _probe()
     cases = [
+        (
+            lambda: ConservationMonitor(tolerance="big"),
+            r"`tolerance` must be a positive number .*tolerance='big'",
+        ),
+        (
+            lambda: ConservationMonitor(tolerance=math.nan),
+            "`tolerance` must be a positive number",
+        ),
+        (
+            lambda: ConservationMonitor(tolerance=True),
+            "`tolerance` must be a positive number",
+        ),
+        (
+            lambda: ConservationMonitor(every="a"),
+            r"`every` must be a positive integer .*every='a'",
+        ),
+        (
+            lambda: AlignmentCallback(probe, every=1.0),
+            "`every` must be a positive integer",
+        ),
+        (
+            lambda: AlignmentCallback(probe, measures=5),
+            r"measure\(s\) \[5\]. Allowed: weight_angle",
+        ),
         (lambda: AlignmentCallback(np.zeros((4, 8))), r"\(x, y\)"),
         (lambda: AlignmentCallback((np.zeros((4, 8)),)), r"\(x, y\)"),
         (lambda: AlignmentCallback(([1], [2], [3], [4])), r"\(x, y\)"),
@@ -377,16 +535,61 @@ def test_bad_arguments_name_what_is_allowed():
             "Allowed: weight_angle",
         ),
         (lambda: ConservationMonitor(every=-1), "positive"),
-        (lambda: ConservationMonitor(tolerance=0), "positive number or None"),
+        (lambda: ConservationMonitor(tolerance=0), "positive number"),
         (lambda: ConservationMonitor(tolerance=-1.0), "positive number"),
         (
             lambda: ConservationMonitor(tolerance=1.0, action="raise"),
-            "'warn', 'stop', None",
+            r"'warn', 'stop', None\). Received: action='raise'",
         ),
     ]
     for make, match in cases:
         with pytest.raises(ValueError, match=match):
             make()
+
+
+def test_probe_data_is_checked_when_the_callback_is_made():
+    x, y = _probe()
+    nan = x.copy()
+    nan[2, 3] = np.nan
+    cases = [
+        ((x[:0], y[:0]), ValueError, "x of `probe_data` has no examples"),
+        (
+            (x, y[:-1]),
+            ValueError,
+            "same number of examples .* x of `probe_data`: 32, y of "
+            "`probe_data`: 31",
+        ),
+        ((x, y, np.ones(5)), ValueError, "sample_weight of `probe_data`: 5"),
+        ((x, None), ValueError, "y of `probe_data` must be an array"),
+        ((x, y.astype(str)), TypeError, "y of `probe_data` must hold numbers"),
+        ((x.tolist(), y), TypeError, "x of `probe_data` must be an array"),
+        ((iter(x), y), TypeError, "x of `probe_data` must be arrays"),
+        ((nan, y), ValueError, r"x of `probe_data` holds 1 NaN .*\(2, 3\)"),
+    ]
+    for probe, error, match in cases:
+        with pytest.raises(error, match=match):
+            AlignmentCallback(probe)
+
+
+@pytest.mark.parametrize("every", [None, 1])
+def test_probe_data_is_checked_against_the_model_before_any_step(every):
+    # With every=None the first measurement would come at the end of the
+    # first epoch; on jax, labels out of range would give numbers.
+    x, y = _probe()
+    cases = [
+        (
+            (x, y + 1),
+            r"y of `probe_data` holds the label 3 .* 3 outputs: .* "
+            r"integers in \[0, 3\)",
+        ),
+        ((x[:, :5], y), r"cannot take x of `probe_data` \(shape \(32, 5\)\)"),
+        ((x, np.eye(3)[y]), "loss cannot take y of `probe_data`"),
+    ]
+    for probe, match in cases:
+        model = _mlp()
+        with pytest.raises(ValueError, match=match):
+            _fit(model, [AlignmentCallback(probe, every=every)], epochs=1)
+        assert int(model.optimizer.iterations) == 0
 
 
 # -- conservation ------------------------------------------------------------
@@ -508,6 +711,43 @@ def test_conservation_monitor_warns_and_goes_on_under_adam():
     assert len(history.history["loss"]) == 2
     assert [step for step, _, _ in monitor.violations] == [8, 16]
     assert all(value > tolerance for _, _, value in monitor.violations)
+
+
+def test_conservation_monitor_warns_once_per_layer_and_fit():
+    # Under Adam the law does not hold: every check drifts past 1e-3.
+    model = _digits_mlp(keras.optimizers.Adam(1e-2))
+    x, y = _digits(n=128)
+    tolerance = 1e-3
+    monitor = ConservationMonitor(every=1, tolerance=tolerance)
+    silent = ConservationMonitor(every=1, tolerance=tolerance, action=None)
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(
+                x,
+                y,
+                epochs=2,
+                batch_size=32,
+                callbacks=[monitor, silent],
+                verbose=0,
+            )
+        drifts = [w for w in caught if "Conservation law" in str(w.message)]
+        # Once in each fit, for the monitor that warns, saying how to
+        # silence it; every drift is still recorded, by both.
+        assert len(drifts) == 1
+        assert "layer 'hidden'" in str(drifts[0].message)
+        assert "action=None" in str(drifts[0].message)
+        over = [
+            (step, "hidden", value)
+            for step, value in zip(
+                monitor.steps["step"],
+                monitor.steps["hidden/conservation_drift_max"],
+            )
+            if value > tolerance
+        ]
+        assert len(over) >= 6
+        assert monitor.violations == over
+        assert [v[:2] for v in silent.violations] == [v[:2] for v in over]
 
 
 def test_conservation_monitor_warns_without_a_law():

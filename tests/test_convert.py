@@ -257,6 +257,12 @@ def built_subclassed():
             ValueError,
             "must be a random Keras initializer",
         ),
+        (
+            sequential_model,
+            dict(feedback="DRTP"),
+            ValueError,
+            r"direct rule.*keras_fa.direct_feedback\(model, 'DRTP'\)",
+        ),
         (sequential_model, dict(seed="a"), ValueError, "`seed` must be an"),
         (sequential_model, dict(seed=1.5), ValueError, "`seed` must be an"),
         (sequential_model, dict(seed=True), ValueError, "`seed` must be an"),
@@ -286,6 +292,19 @@ def test_convert_rejects_bad_arguments_before_any_work(
     monkeypatch.setattr(keras.models, "clone_model", clone_model)
     with pytest.raises(error, match=match):
         keras_fa.convert(model, **kwargs)
+
+
+def test_convert_takes_rule_names_in_any_case():
+    """`"FA"` is `"fa"`, as for the layers: the copy's layers hold the
+    canonical rule and save it."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    for spelling in ("FA", "Kp"):
+        converted = keras_fa.convert(model, spelling, seed=0)
+        rule = keras_fa.feedback.get(spelling.lower())
+        assert converted.layers[0].feedback == rule
+        assert converted.layers[0].get_config()["feedback"] == (
+            keras_fa.feedback.serialize(rule)
+        )
 
 
 def test_convert_negative_seed_is_taken_modulo():

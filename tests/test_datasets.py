@@ -1,5 +1,6 @@
 """Tests of keras_fa.datasets: shapes, dtypes, labels, determinism."""
 
+import functools
 import os
 import random
 import socket
@@ -586,3 +587,202 @@ def test_import_does_not_load_tensorflow():
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --- Bad arguments: named, with the value and what is allowed, up front ------
+
+
+def _refuses(call, *words):
+    """Asserts `call()` raises a ValueError whose message holds `words`."""
+    with pytest.raises(ValueError) as caught:
+        call()
+    message = str(caught.value)
+    for word in words:
+        assert word in message, f"{word!r} not in: {message}"
+
+
+def _forbid(monkeypatch, owner, name):
+    def work(*args, **kwargs):
+        raise AssertionError(f"{name} ran before the bad argument was refused")
+
+    monkeypatch.setattr(owner, name, work)
+
+
+# Each case is a loop iteration, not a parameter: conftest's fresh Keras
+# session costs more than the case.
+
+DIGITS_BAD_ARGUMENTS = [
+    ({"test_fraction": "a"}, ["test_fraction", "'a'", "number", "0 and 1"]),
+    ({"test_fraction": None}, ["test_fraction", "None", "number"]),
+    ({"test_fraction": float("nan")}, ["test_fraction", "nan"]),
+    ({"test_fraction": True}, ["test_fraction", "True"]),
+    # The stratified split needs one example per class in each part.
+    ({"test_fraction": 0.005}, ["test_fraction", "0.005", "9/1797"]),
+    ({"test_fraction": 0.995}, ["test_fraction", "0.995", "1787/1797"]),
+    ({"seed": -1}, ["seed", "-1", "integer in [0, 2**32)"]),
+    ({"seed": 2**32}, ["seed", "4294967296", "[0, 2**32)"]),
+    ({"seed": "x"}, ["seed", "'x'", "integer"]),
+    ({"seed": 1.5}, ["seed", "1.5", "integer"]),
+]
+
+
+def test_load_digits_refuses_bad_arguments_before_loading(monkeypatch):
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    _forbid(monkeypatch, sklearn_datasets, "load_digits")
+    for kwargs, words in DIGITS_BAD_ARGUMENTS:
+        _refuses(functools.partial(datasets.load_digits, **kwargs), *words)
+
+
+def test_load_digits_takes_numpy_numbers_and_the_extreme_fractions():
+    expected = datasets.load_digits(test_fraction=0.25, seed=3)
+    # scikit-learn refuses a np.float32 test_size: it is passed as a float.
+    _assert_same(
+        datasets.load_digits(test_fraction=np.float32(0.25), seed=np.int64(3)),
+        expected,
+    )
+    # The smallest and largest parts the split allows: one per class.
+    for fraction, n_test in ((0.0051, 10), (1787 / 1797, 1787)):
+        (_, y_train), (_, y_test) = datasets.load_digits(fraction)
+        assert len(y_test) == n_test and len(y_train) == 1797 - n_test
+        assert len(np.unique(y_train)) == len(np.unique(y_test)) == 10
+
+
+STDLIB_TEXT_BAD_ARGUMENTS = [
+    ({"test_fraction": "a"}, ["test_fraction", "'a'", "number", "0 and 1"]),
+    ({"test_fraction": 1}, ["test_fraction", "1", "0 and 1"]),
+    ({"sequence_length": 8.0}, ["sequence_length", "8.0", "integer"]),
+    ({"sequence_length": "8"}, ["sequence_length", "'8'", ">= 2"]),
+]
+
+
+def test_load_stdlib_text_refuses_bad_arguments_before_reading(monkeypatch):
+    _forbid(monkeypatch, datasets, "stdlib_text")
+    for kwargs, words in STDLIB_TEXT_BAD_ARGUMENTS:
+        _refuses(functools.partial(datasets.load_stdlib_text, **kwargs), *words)
+
+
+def test_load_stdlib_text_refuses_what_leaves_a_part_empty():
+    size = len(datasets.stdlib_text())
+    longest = size // 2 - 1
+    # Two windows: one to train on, one to test on.
+    (x, _), (x_test, _) = datasets.load_stdlib_text(longest)
+    assert x.shape == x_test.shape == (1, longest)
+    _refuses(
+        lambda: datasets.load_stdlib_text(longest + 1),
+        "sequence_length",
+        str(longest + 1),
+        f"from 2 to {longest}",
+    )
+    _refuses(
+        lambda: datasets.load_stdlib_text(10**9),
+        "sequence_length",
+        "1000000000",
+    )
+    # 0.9999 of the windows rounds to all of them: none left to train on.
+    _refuses(
+        lambda: datasets.load_stdlib_text(32, test_fraction=0.9999),
+        "test_fraction",
+        "0.9999",
+        "for training",
+    )
+    # A NumPy integer is an integer.
+    (x, _), _ = datasets.load_stdlib_text(np.int64(16))
+    assert x.shape[1] == 16
+
+
+def test_load_mnist1d_refuses_bad_seed_before_generating(monkeypatch):
+    _forbid(monkeypatch, datasets, "_make_mnist1d")
+    for seed in (-1, 2**32, "x", True):
+        _refuses(
+            functools.partial(datasets.load_mnist1d, seed=seed),
+            "seed",
+            repr(seed),
+        )
+
+
+def test_task_train_takes_only_booleans():
+    task = datasets.load("digits")
+    # Any truthy value used to switch shuffling or repetition on.
+    for argument in ("shuffle", "repeat"):
+        for value in ("no", "False", 0, 1, None):
+            _refuses(
+                functools.partial(task.train, 4, **{argument: value}),
+                f"`{argument}` must be True or False",
+                repr(value),
+            )
+    x_train, _ = task.arrays("train")
+    unshuffled = task.train(2000, shuffle=np.False_, repeat=np.False_)
+    np.testing.assert_array_equal(_images(unshuffled), x_train)
+    shuffled = _images(task.train(2000, shuffle=np.True_))
+    assert not np.array_equal(shuffled, x_train)
+    for seed in (-1, 2**32):
+        _refuses(functools.partial(task.train, 4, seed=seed), "seed", str(seed))
+
+
+def test_task_arrays_split_is_case_insensitive():
+    task = datasets.load("digits")
+    for got, expected in (("TRAIN", "train"), ("Test", "test")):
+        for a, b in zip(task.arrays(got), task.arrays(expected)):
+            np.testing.assert_array_equal(a, b)
+    for split in (0, None, "val"):
+        _refuses(functools.partial(task.arrays, split), "split", repr(split))
+
+
+def _capture_tfds(monkeypatch):
+    calls = []
+
+    def load_tfds(name, data_dir, classes, seed, download):
+        calls.append({"name": name, "data_dir": data_dir, "download": download})
+        return name
+
+    monkeypatch.setattr(datasets, "_load_tfds", load_tfds)
+    return calls
+
+
+def test_load_names_are_case_insensitive(monkeypatch):
+    task = datasets.load("DIGITS", classes=3, seed=5)
+    assert task.name == "digits"
+    expected = datasets.load("digits", classes=3, seed=5)
+    assert task.classes == expected.classes
+    np.testing.assert_array_equal(
+        task.arrays("test")[0], expected.arrays("test")[0]
+    )
+    calls = _capture_tfds(monkeypatch)
+    datasets.load("MNIST")
+    datasets.load("EMNIST/Balanced")
+    assert [call["name"] for call in calls] == ["mnist", "emnist/balanced"]
+    _refuses(lambda: datasets.load(5), "Unknown data set 5", "mnist")
+
+
+def test_load_checks_data_dir_download_and_seed_up_front(tmp_path, monkeypatch):
+    calls = _capture_tfds(monkeypatch)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("the user's")
+    for data_dir, words in (
+        (5, ["data_dir", "5", "path of a directory"]),
+        ("", ["data_dir", "''", "non-empty"]),
+        (str(a_file), ["data_dir", "is the file", str(a_file)]),
+        (str(a_file / "sub"), ["data_dir", "runs through the file"]),
+    ):
+        _refuses(
+            functools.partial(datasets.load, "mnist", data_dir=data_dir), *words
+        )
+    assert a_file.read_text() == "the user's"
+    _refuses(
+        lambda: datasets.load("mnist", seed=-1), "seed", "-1", "[0, 2**32)"
+    )
+    # The class draw's generator refused negative seeds with its own words.
+    _refuses(lambda: datasets.load("digits", classes=3, seed=-1), "seed")
+    assert calls == []
+
+    datasets.load(
+        "mnist", data_dir=tmp_path / "new" / "dir", download=np.False_
+    )
+    assert calls == [
+        {
+            "name": "mnist",
+            "data_dir": str(tmp_path / "new" / "dir"),
+            "download": False,
+        }
+    ]
+    assert calls[0]["download"] is False

@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -827,6 +828,182 @@ def test_errors():
         keras_fa.direct_feedback(
             keras.Sequential([keras.Input((4,)), keras.layers.ReLU()]), "dfa"
         )
+
+
+# ---------------------------------------------------------------------------
+# shallow: the hidden layers get no error by design.
+
+
+class _UnusedWeight(keras.layers.Layer):
+    """The identity, with a trainable weight no loss ever sees."""
+
+    def build(self, input_shape):
+        self.unused = self.add_weight(shape=(1,), name="unused")
+
+    def call(self, inputs):
+        return inputs
+
+
+def _gradient_warnings(model, x, y):
+    """Fits `model` (compiled) on `x, y`; returns the messages of Keras's
+    warning "Gradients do not exist for variables ..."."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    return [
+        str(w.message)
+        for w in record
+        if "Gradients do not exist" in str(w.message)
+    ]
+
+
+def _moved(model, before):
+    """The paths of the trainable variables that differ from `before`."""
+    return {
+        v.path
+        for v in model.trainable_variables
+        if not np.array_equal(numpy(v), before[v.path])
+    }
+
+
+def test_shallow_hidden_layers_get_zero_gradients_without_warning():
+    """Under shallow the hidden variables get a zero gradient (added by
+    DirectFeedbackModel.compute_loss), not none: Keras no longer warns
+    "Gradients do not exist ... did you forget to provide a `loss`?" (it
+    did on tensorflow and torch), and fit leaves them as drawn, with Adam
+    and with SGD's momentum, while the head learns. They stay trainable
+    variables of the model."""
+    for name, optimizer in (
+        ("mlp", keras.optimizers.Adam(0.05)),
+        ("functional", keras.optimizers.SGD(0.1, momentum=0.9)),
+    ):
+        model, x, y, loss = make_model(name, "shallow")
+        hidden = hidden_variables(model)
+        assert len(hidden) >= 4
+        assert [v.path for v in model.untrained_variables()] == [
+            v.path for v in hidden
+        ]
+        model.compile(optimizer, loss=loss)
+        before = {v.path: numpy(v) for v in model.trainable_variables}
+        assert _gradient_warnings(model, x, y) == [], name
+        head = {v.path for v in output_layer(model).trainable_variables}
+        assert _moved(model, before) == head, name
+
+
+def test_shallow_still_reports_variables_that_really_get_no_gradient():
+    """Only the hidden variables are given a zero gradient: a variable the
+    loss never sees, above the cut, is still reported by Keras, alone (on
+    tensorflow and torch; jax gives every unconnected variable zeros)."""
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(5, activation="tanh", name="hidden")(inputs)
+    logits = keras.layers.Dense(N_OUT, name="logits")(
+        keras_fa.BlockGradient()(h)
+    )
+    outputs = keras_fa.DirectFeedback("shallow")([logits, h])
+    outputs = _UnusedWeight(name="extra")(outputs)
+    model = keras_fa.DirectFeedbackModel(inputs, outputs)
+    assert [v.path for v in model.untrained_variables()] == [
+        "hidden/kernel",
+        "hidden/bias",
+    ]
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = np.random.default_rng(0).normal(size=(N, 6)).astype("float32")
+    messages = _gradient_warnings(model, x, np.arange(N) % N_OUT)
+    if BACKEND == "jax":
+        assert messages == []
+    else:
+        assert messages and all(
+            "['extra/unused']" in message for message in messages
+        ), messages
+
+
+def _check_kept_from_weight_decay(model, x, y, loss, optimizer):
+    model.compile(optimizer, loss=loss)
+    untrained = {v.path for v in model.untrained_variables()}
+    assert untrained
+    before = {v.path: numpy(v) for v in model.trainable_variables}
+    assert _gradient_warnings(model, x, y) == []
+    moved = _moved(model, before)
+    assert not moved & untrained, sorted(moved & untrained)
+    head = {v.path for v in output_layer(model).trainable_variables}
+    assert moved == head
+
+
+def test_shallow_hidden_layers_are_kept_from_weight_decay(tmp_path):
+    """Weight decay would shrink every trainable variable, the hidden ones
+    of shallow too (on every backend); DirectFeedbackModel.compile excludes
+    `untrained_variables()`, so fit with AdamW(weight_decay=...) leaves
+    them as drawn and trains the head: for direct_feedback's model, a
+    functional DirectFeedbackModel, and one saved, loaded and compiled
+    again. Exclusions the user set before compile are kept."""
+    model, x, y, loss = make_model("mlp", "shallow")
+    _check_kept_from_weight_decay(
+        model, x, y, loss, keras.optimizers.AdamW(0.05, weight_decay=0.5)
+    )
+    model.save(tmp_path / "shallow.keras")
+    with warnings.catch_warnings():
+        # Keras warns, and leaves it uncompiled, for a custom compile
+        # without compile_from_config.
+        warnings.simplefilter("error")
+        loaded = keras.models.load_model(tmp_path / "shallow.keras")
+    assert isinstance(loaded, keras_fa.DirectFeedbackModel)
+    assert loaded.compiled
+    assert loaded.untrained_variables()
+    for variable in loaded.untrained_variables():
+        assert not loaded.optimizer._use_weight_decay(variable)
+    _check_kept_from_weight_decay(
+        loaded, x, y, loss, keras.optimizers.AdamW(0.05, weight_decay=0.5)
+    )
+
+    model, x, y, loss = make_model("functional", "shallow")
+    optimizer = keras.optimizers.AdamW(0.05, weight_decay=0.5)
+    head = output_layer(model).trainable_variables
+    # The user's own exclusion (the head's bias) survives compile.
+    optimizer.exclude_from_weight_decay(var_names=["bias"])
+    _check_kept_from_weight_decay(model, x, y, loss, optimizer)
+    assert not optimizer._use_weight_decay(head[1])
+    assert optimizer._use_weight_decay(head[0])
+
+
+def test_weight_decay_still_decays_without_a_shallow_head():
+    """The exclusion is shallow's alone: under dfa every trainable
+    variable is decayed as Keras decays it (a check that the test above
+    can tell decay from none)."""
+    model, x, y, loss = make_model("mlp", "dfa")
+    optimizer = keras.optimizers.AdamW(0.05, weight_decay=0.5)
+    model.compile(optimizer, loss=loss)
+    assert model.untrained_variables() == []
+    assert all(
+        optimizer._use_weight_decay(v) for v in model.trainable_variables
+    )
+
+
+def test_unknown_keywords_are_refused():
+    """Keras's functional Model ignores keywords it does not know;
+    DirectFeedbackModel names them."""
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(2)(inputs)
+    with pytest.raises(TypeError, match="Unrecognized.*bogus"):
+        keras_fa.DirectFeedbackModel(inputs, outputs, bogus=1)
+    model = keras_fa.DirectFeedbackModel(
+        inputs=inputs, outputs=outputs, name="m", trainable=False
+    )
+    assert model.name == "m" and not model.trainable
+
+
+def test_rule_names_in_any_case():
+    """`"DFA"` is `"dfa"` for DirectFeedback and direct_feedback, which store
+    and save the canonical lower-case name."""
+    for rule in RULES:
+        for spelling in (rule.upper(), rule.capitalize()):
+            head = keras_fa.DirectFeedback(spelling)
+            assert head.feedback == rule
+            assert head.get_config()["feedback"] == rule
+            model = keras_fa.direct_feedback(mlp_sequential(), spelling)
+            assert head_of(model).feedback == rule
 
 
 # ---------------------------------------------------------------------------

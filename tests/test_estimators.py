@@ -445,3 +445,24 @@ def test_scikit_learn_is_optional():
     assert result.returncode == 0, result.stderr
     assert "needs scikit-learn" in result.stdout
     assert "keras_fa[sklearn]" in result.stdout
+
+
+def test_partial_fit_refuses_labels_outside_classes_before_training(
+    monkeypatch,
+):
+    """scikit-learn's MLPClassifier refuses them ("`y` has classes not in
+    `self.classes_`"); so does FAClassifier, at the first call, before it
+    trains."""
+
+    def train(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(
+        estimators._FAMultilayerPerceptron, "_fit_stochastic", train
+    )
+    X = np.zeros((4, 3))
+    y = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"classes=\[0\].*'y' has \[0 1\]"):
+        keras_fa.FAClassifier().partial_fit(X, y, classes=[0])
+    with pytest.raises(ValueError, match="not in"):
+        MLPClassifier().partial_fit(X, y, classes=[0])

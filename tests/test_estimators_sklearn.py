@@ -484,6 +484,44 @@ def test_bad_params_raise_at_fit_not_at_construction(
     assert not hasattr(estimator, "model_")
 
 
+@pytest.mark.parametrize("estimator_class", [FAClassifier, FARegressor])
+def test_non_numeric_params_name_the_parameter(estimator_class):
+    """A string where a number goes is refused at fit with the parameter's
+    name, the value and the allowed range (not "could not convert")."""
+    X, y = _three_classes(n=30)
+    for name in ("alpha", "learning_rate_init", "momentum", "tol"):
+        estimator = estimator_class(**_fast(**{name: "a"}))
+        with pytest.raises(ValueError, match=f"'{name}' parameter.*range"):
+            estimator.fit(X, y)
+
+
+def test_rule_names_in_any_case():
+    """`feedback="FA"` fits the network `feedback="fa"` fits, as the layers
+    and keras_fa.models take it; get_params and clone keep the value as
+    given (scikit-learn's contract), and an unknown name is refused with
+    the allowed ones."""
+    X, y = _three_classes(n=40)
+    lower = FAClassifier(**_fast(feedback="fa")).fit(X, y)
+    upper = FAClassifier(**_fast(feedback="FA"))
+    assert upper.get_params()["feedback"] == "FA"
+    assert clone(upper).get_params()["feedback"] == "FA"
+    upper.fit(X, y)
+    assert upper.feedback == "FA"
+    rules = {
+        layer.feedback.name
+        for layer in upper.model_.layers
+        if hasattr(layer, "feedback")
+    }
+    assert rules == {"fa"}
+    np.testing.assert_array_equal(
+        upper.predict_proba(X), lower.predict_proba(X)
+    )
+    regressor = FARegressor(**_fast(feedback="Shallow")).fit(X, y)
+    assert isinstance(regressor.model_, keras_fa.DirectFeedbackModel)
+    with pytest.raises(ValueError, match=r"'fa'.*\(in any case\)"):
+        FAClassifier(**_fast(feedback="FAA")).fit(X, y)
+
+
 def test_partial_fit_errors():
     """partial_fit needs `classes` on its first call, refuses early
     stopping, other classes on a later call and labels outside them."""

@@ -3,8 +3,10 @@ a row per task and rule, and per-block angles that tell the rules apart."""
 
 import math
 import os
+import shlex
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
 
+TABLE = "transformer_example.md"
 # Three trainings keep it to seconds: bp and fa on digits (pooled logits,
 # layer-wise rules), dfa on the language model (logits per position, a
 # direct rule).
@@ -25,12 +28,22 @@ RUNS = {"digits": ("bp", "fa"), "lm": ("dfa",)}
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    # digits writes into --output-dir; lm replaces the files of an earlier
+    # run named by --figure and --table, as asked by --overwrite.
     rows, outputs = [], {}
     for task, rules in RUNS.items():
         output = tmp_path_factory.mktemp(f"transformer_{task}")
         argv = ["--quick", "--tasks", task, "--rules", *rules]
-        rows += transformer.main([*argv, "--output-dir", str(output)])
-        outputs[task] = output
+        if task == "lm":
+            figure, table = output / "transformer.png", output / TABLE
+            figure.write_bytes(b"an earlier figure")
+            table.write_text("an earlier table")
+            argv += ["--figure", str(figure), "--table", str(table)]
+            argv += ["--overwrite"]
+        else:
+            argv += ["--output-dir", str(output)]
+        rows += transformer.main(argv)
+        outputs[task] = output, argv
     return rows, outputs
 
 
@@ -78,7 +91,7 @@ def test_quick_run_angles_tell_rules_apart(quick_run):
 
 @pytest.mark.parametrize("task", list(RUNS))
 def test_quick_run_files(quick_run, task):
-    output = quick_run[1][task]
+    output, argv = quick_run[1][task]
     # Only the two files: no temporary file left behind.
     assert sorted(os.listdir(output)) == [
         "transformer.png",
@@ -87,6 +100,10 @@ def test_quick_run_files(quick_run, task):
     with open(output / "transformer.png", "rb") as file:
         assert file.read(8) == b"\x89PNG\r\n\x1a\n"
     text = (output / "transformer_example.md").read_text()
+    # Headed by the command that made it.
+    backend = keras.backend.backend()
+    command = shlex.join(["python", "examples/transformer.py", *argv])
+    assert text.startswith(f"# `KERAS_BACKEND={backend} {command}`\n")
     metric = "test perplexity" if task == "lm" else "test accuracy"
     assert f"\n{task}: " in text
     assert (
@@ -124,3 +141,117 @@ def test_failed_write_leaves_no_file(tmp_path):
     transformer._write_atomic(str(path), lambda file: file.write(b"new"))
     assert os.listdir(tmp_path) == ["table.md"]
     assert path.read_text() == "new"
+
+
+def _fake_train(task, rule, data, model_args, settings, seed, probe_size):
+    # A row as `train` returns it, without training.
+    return {
+        "task": task,
+        "rule": rule,
+        "block_angles": [10.0, 20.0],
+        "seconds": 0.1,
+        "loss_curve": [2.0],
+        "angle_epochs": [0.0, 1.0],
+        "angle_curves": [[30.0, 10.0], [40.0, 20.0]],
+        "block_kernels": [[], []],
+        "accuracy": 0.5,
+    }
+
+
+def test_default_output_is_a_directory_of_its_own(tmp_path, monkeypatch):
+    # By default a run writes into runs/transformer_example/ of the current
+    # directory, never over the committed figure and results; a second run
+    # there is refused before any work unless given --overwrite. Nothing
+    # trains: `train` returns a made-up row, and a write anywhere but under
+    # tmp_path fails (without the fix it would hit the committed files).
+    written = []
+    real_write = transformer._write_atomic
+
+    def write(path, contents):
+        path = os.path.abspath(path)
+        assert path.startswith(str(tmp_path) + os.sep), path
+        written.append(os.path.relpath(path, tmp_path))
+        real_write(path, contents)
+
+    monkeypatch.setattr(transformer, "_write_atomic", write)
+    monkeypatch.setattr(transformer, "train", _fake_train)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--quick", "--tasks", "digits", "--rules", "bp"]
+    transformer.main(argv)
+    directory = os.path.join("runs", "transformer_example")
+    assert written == [
+        os.path.join(directory, TABLE),
+        os.path.join(directory, "transformer.png"),
+    ]
+    table = tmp_path / directory / TABLE
+    before = table.read_text()
+
+    def never(*args, **kwargs):
+        raise AssertionError("work started before the error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(transformer, "load", never)
+        with pytest.raises(SystemExit) as exit:
+            transformer.main(argv)
+    assert exit.value.code == 2
+    assert len(written) == 2 and table.read_text() == before
+    transformer.main([*argv, "--overwrite"])
+    assert written[2:] == written[:2]
+
+
+def _bad_path(tmp_path, flag, problem, user_file):
+    # (path, words of the error) of a bad `flag` of kind `problem`.
+    if problem == "through a file":
+        return user_file / "out", f"{user_file} is a file, not a directory"
+    if flag != "--output-dir":
+        if problem == "a file":
+            return user_file, "give --overwrite to replace it"
+        return tmp_path, "it is a directory"
+    path = tmp_path / problem.replace(" ", "_")
+    if problem == "a file":
+        # A directory holding a file of an earlier run.
+        path.mkdir()
+        (path / TABLE).write_text("the user's")
+        return path, "give --overwrite to replace it"
+    (path / "transformer.png").mkdir(parents=True)
+    return path, "it is a directory"
+
+
+@pytest.mark.parametrize("flag", ["--output-dir", "--figure", "--table"])
+def test_bad_output_paths_are_refused_before_any_work(
+    tmp_path, monkeypatch, capsys, flag
+):
+    def never(*args, **kwargs):
+        raise AssertionError("work started before the error")
+
+    monkeypatch.setattr(transformer, "load", never)
+    monkeypatch.setattr(transformer, "train", never)
+    user_file = tmp_path / "kept"
+    user_file.write_text("the user's")
+    for problem in ("through a file", "a file", "a directory"):
+        path, words = _bad_path(tmp_path, flag, problem, user_file)
+        with pytest.raises(SystemExit) as exit:
+            transformer.main(["--quick", flag, str(path)])
+        assert exit.value.code == 2, problem
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"argument {flag}: cannot write " in error, problem
+        assert str(path) in error and words in error, problem
+        assert user_file.read_text() == "the user's"
+        if flag == "--output-dir" and problem == "a file":
+            assert (path / TABLE).read_text() == "the user's"
+
+
+def test_the_readme_regenerates_the_committed_files_explicitly():
+    # The documented command names the committed figure and table (and
+    # --overwrite, as they exist); run without arguments, the example
+    # writes elsewhere.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as file:
+        readme = file.read()
+    command = (
+        "    KERAS_BACKEND=jax python examples/transformer.py "
+        "--figure docs/figures/transformer.png "
+        f"--table benchmarks/results/{TABLE} --overwrite\n"
+    )
+    assert command in readme
+    assert transformer.OUTPUT_DIR == os.path.join("runs", "transformer_example")

@@ -436,9 +436,40 @@ def test_get_rejects_unknown_identifiers_naming_the_allowed_ones(bad):
         keras_fa.feedback.get(bad)
 
 
-def test_usf_scale_must_be_positive():
-    with pytest.raises(ValueError, match="positive"):
-        keras_fa.feedback.UniformSignFeedback(scale=-1.0)
+@pytest.mark.parametrize("scale", [-1.0, 0, "a", True, float("inf"), [1.0]])
+def test_usf_scale_must_be_a_finite_positive_number(scale):
+    """Also from a config, as a loaded model gives it: the error names
+    `scale` and the value, not "could not convert string to float"."""
+    match = r"`scale` must be a finite positive number\. Received: scale="
+    with pytest.raises(ValueError, match=match):
+        keras_fa.feedback.UniformSignFeedback(scale=scale)
+    config = keras_fa.feedback.serialize(
+        keras_fa.feedback.UniformSignFeedback()
+    )
+    config["config"]["scale"] = scale
+    with pytest.raises(ValueError, match=match):
+        keras_fa.FADense(2, feedback=config)
+
+
+def test_usf_scale_takes_numpy_numbers():
+    rule = keras_fa.feedback.UniformSignFeedback(scale=np.float32(0.5))
+    assert rule.get_config() == {"scale": 0.5}
+    assert type(rule.scale) is float  # the config stays JSON
+
+
+def test_rule_names_in_any_case():
+    """`feedback="FA"` is `"fa"` for `get` and the layers, whose config
+    holds the canonical rule."""
+    for name in RULES + ["wm"]:
+        rule = keras_fa.feedback.get(name)
+        for spelling in (name.upper(), name.capitalize()):
+            assert keras_fa.feedback.get(spelling) == rule
+            layer = keras_fa.FADense(2, feedback=spelling)
+            assert layer.feedback == rule
+            assert layer.feedback.name == name
+            assert layer.get_config()["feedback"] == (
+                keras_fa.feedback.serialize(rule)
+            )
 
 
 def test_a_new_rule_is_one_small_class():
@@ -494,3 +525,31 @@ def test_kp_compiled_training_matches_eager_training():
     for seed in range(6):
         for a, b in zip(train(False, seed), train(True, seed)):
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_serialize_and_deserialize_refuse_what_is_not_a_rule():
+    """They returned 5 for 5; now they name what they take."""
+    with pytest.raises(TypeError, match="`rule`.*FeedbackRule.*rule=5"):
+        keras_fa.feedback.serialize(5)
+    with pytest.raises(TypeError, match="`config`.*dict.*config=5"):
+        keras_fa.feedback.deserialize(5)
+    config = keras.saving.serialize_keras_object(keras.layers.Dense(2))
+    with pytest.raises(ValueError, match="`config`.*FeedbackRule.*Dense"):
+        keras_fa.feedback.deserialize(config)
+    rule = keras_fa.feedback.UniformSignFeedback(scale=0.5)
+    again = keras_fa.feedback.deserialize(keras_fa.feedback.serialize(rule))
+    assert isinstance(again, keras_fa.feedback.UniformSignFeedback)
+    assert again.scale == 0.5
+
+
+def test_register_refuses_a_bad_name_or_class():
+    before = dict(keras_fa.feedback.base._RULES)
+    try:
+        with pytest.raises(TypeError, match="`name`.*str.*name=5"):
+            keras_fa.feedback.register(5)
+        with pytest.raises(TypeError, match="FeedbackRule.*int"):
+            keras_fa.feedback.register("five")(5)
+        assert "five" not in keras_fa.feedback.registered_names()
+    finally:
+        keras_fa.feedback.base._RULES.clear()
+        keras_fa.feedback.base._RULES.update(before)

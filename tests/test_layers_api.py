@@ -868,8 +868,57 @@ def check_layer_drop_in(keras_cls, args, kwargs, input_shape):
 
     # (Keras refuses int8 for float16 before the layer's own quantize runs.)
     mode = "int4" if inner.compute_dtype == "float16" else "int8"
-    with pytest.raises(NotImplementedError, match="not support quantization"):
+    with pytest.raises(NotImplementedError, match="left unquantized"):
         inner.quantize(mode)
+
+
+def test_model_quantize_warns_naming_each_feedback_layer():
+    """`model.quantize` quantizes what Keras can and warns once for every
+    kernel of a keras_fa layer, naming the layer; those keep their kernels
+    (Keras calls `quantize` on leaf layers and turns NotImplementedError
+    into a warning; raising anything else would stop it half-way, with
+    the layers before already quantized)."""
+    x = keras.Input((3, 4))
+    h = keras_fa.FADense(4, name="fa_in")(x)
+    h = keras.layers.Dense(4, name="plain")(h)
+    h = keras_fa.FAMultiHeadAttention(2, 2, feedback="kp", name="att")(h, h)
+    y = keras_fa.FASeparableConv1D(2, 1, name="sep")(h)
+    model = keras.Model(x, y)
+    kernels = {
+        v.path: numpy(v)
+        for v in model.weights
+        if v.path.split("/")[-1].endswith("kernel")
+        and not v.path.startswith("plain/")
+    }
+    inputs = random((2, 3, 4))
+    with pytest.warns(UserWarning) as record:
+        model.quantize("int8")
+    messages = [str(w.message) for w in record]
+    expected = [
+        "'fa_in' (FADense, feedback='fa')",
+        *(
+            f"'att/{name}' (FAEinsumDense, feedback='kp')"
+            for name in ("query", "key", "value", "attention_output")
+        ),
+        "'sep' (FASeparableConv1D, its depthwise_kernel, feedback='fa')",
+        "'sep' (FASeparableConv1D, its pointwise_kernel, feedback='fa')",
+    ]
+    for text in expected:
+        found = [m for m in messages if text in m]
+        assert len(found) == 1, (text, messages)
+        assert "is left unquantized" in found[0]
+    assert model.get_layer("plain").quantization_mode == "int8"
+    for path, value in kernels.items():
+        variable = next(v for v in model.weights if v.path == path)
+        assert variable.dtype == "float32", path
+        np.testing.assert_array_equal(numpy(variable), value, err_msg=path)
+    assert model(inputs).shape == (2, 3, 2)
+    # Called on the layer itself, it raises.
+    with pytest.raises(NotImplementedError, match="'fa_in' .* unquantized"):
+        model.get_layer("fa_in").quantize("int8")
+    # So is a quantized dtype policy, at construction.
+    with pytest.raises(ValueError, match="dtype='int8_from_float32'"):
+        keras_fa.FADense(2, dtype="int8_from_float32")
 
 
 def test_einsum_dense_lora_uses_merged_kernel(tmp_path):
@@ -1257,3 +1306,49 @@ def test_float32_inputs_to_call_under_a_mixed_policy(make):
     y, dx, _, _ = layer_gradients(layer, x, up)
     assert np.isfinite(y.astype("float32")).all()
     assert np.isfinite(dx.astype("float32")).all() and dx.any()
+
+
+@pytest.mark.parametrize(
+    "argument", ["head_dim", "num_query_heads", "num_key_value_heads"]
+)
+def test_group_query_attention_refuses_non_positive_sizes(argument):
+    """Keras's GroupQueryAttention divides by zero on 0 (or takes it):
+    FAGroupQueryAttention names the argument first."""
+    arguments = dict(head_dim=4, num_query_heads=2, num_key_value_heads=2)
+    with pytest.raises(ValueError, match=rf"`{argument}`.*>= 1.*{argument}=0"):
+        keras_fa.FAGroupQueryAttention(**{**arguments, argument: 0})
+
+
+def test_group_query_attention_refuses_indivisible_heads():
+    with pytest.raises(ValueError, match="num_query_heads=3.*heads=2"):
+        keras_fa.FAGroupQueryAttention(4, 3, 2)
+
+
+@pytest.mark.parametrize(
+    "arguments, error, words",
+    [
+        (dict(owner="x"), TypeError, "`owner`.*Layer.*owner='x'"),
+        (dict(kernel_name=5), TypeError, "`kernel_name`.*str.*kernel_name=5"),
+        (dict(regularizer="nope"), ValueError, "`regularizer`.*'nope'"),
+        (dict(constraint="nope"), ValueError, "`constraint`.*'nope'"),
+    ],
+)
+def test_feedback_kernel_refuses_bad_arguments(arguments, error, words):
+    owner = keras_fa.FASeparableConv1D(2, 3)
+    good = dict(owner=owner, kernel_name="depthwise_kernel")
+    with pytest.raises(error, match=words):
+        keras_fa.layers.FeedbackKernel(**{**good, **arguments})
+
+
+def test_feedback_kernel_takes_regularizer_and_constraint_by_name():
+    owner = keras_fa.FASeparableConv1D(2, 3)
+    kernel = keras_fa.layers.FeedbackKernel(
+        owner, "depthwise_kernel", regularizer="l2", constraint="non_neg"
+    )
+    assert isinstance(kernel.kernel_regularizer, keras.regularizers.L2)
+    assert isinstance(kernel.kernel_constraint, keras.constraints.NonNeg)
+
+
+def test_feedback_variables_refuses_a_non_layer():
+    with pytest.raises(TypeError, match="`layer`.*Layer.*layer=None"):
+        keras_fa.layers.feedback_variables(None)

@@ -121,6 +121,81 @@ def test_errors_name_what_is_allowed():
     assert "dfa" in models.rules() and "fa" in models.rules()
 
 
+BAD_NUMBERS = [
+    # (builder, keyword arguments, text the error must contain)
+    ("mlp", {"num_classes": "a"}, "`num_classes` must be an integer >= 2. "),
+    ("mlp", {"num_classes": 2.0}, "Received: num_classes=2.0"),
+    ("mlp", {"input_shape": 5}, "`input_shape` must be a tuple of positive"),
+    ("mlp", {"input_shape": "ab"}, "Received: input_shape='ab'"),
+    ("mlp", {"input_shape": (4, "a")}, "Received: input_shape=(4, 'a')"),
+    ("mlp", {"hidden": 5}, "`hidden` must be a tuple of positive integers"),
+    ("mlp", {"hidden": (8, "a")}, "Received: hidden=(8, 'a')"),
+    ("mlp", {"hidden": (0,), "feedback": "dfa"}, "Received: hidden=(0,)"),
+    ("mlp", {"seed": "a"}, "`seed` must be an integer or None"),
+    ("lenet", {"image_shape": 8}, "`image_shape` must be a tuple of posit"),
+    ("resnet", {"width": "a"}, "`width` must be an integer >= 1. Received"),
+    ("resnet", {"width": 0}, "Received: width=0"),
+    ("resnet", {"depth": "20"}, "Received: depth='20'"),
+    ("transformer", {"dropout": "a"}, "`dropout` must be a number in"),
+    ("transformer", {"num_heads": "2"}, "Received: num_heads='2'"),
+]
+
+
+@pytest.mark.parametrize(
+    "builder, arguments, message",
+    BAD_NUMBERS,
+    ids=[f"{b}-{list(a)[0]}={a[list(a)[0]]!r}" for b, a, _ in BAD_NUMBERS],
+)
+def test_bad_numbers_name_the_argument(builder, arguments, message):
+    """Every numeric argument of the builders is checked before any layer
+    is made, naming the argument, the value and what is allowed (not
+    "could not convert string to float" nor "'int' object is not
+    iterable")."""
+    arguments = {
+        "input_shape": (64,) if builder == "lenet" else (8,),
+        "num_classes": 3,
+        **({"patch_size": 2} if builder == "transformer" else {}),
+        **arguments,
+    }
+    with pytest.raises(ValueError) as info:
+        models.get(builder, **arguments)
+    assert message in str(info.value)
+
+
+def test_numpy_numbers_are_numbers():
+    model = models.resnet(
+        tuple(np.array([8, 8, 1])),
+        np.int64(3),
+        depth=np.int64(8),
+        width=np.int32(2),
+        seed=np.int64(0),
+    )
+    assert model.output_shape == (None, 3)
+    model = models.mlp(tuple(np.array([4])), np.int64(3), hidden=[np.int8(4)])
+    assert model.output_shape == (None, 3)
+
+
+def test_rule_names_in_any_case():
+    """`"FA"` is `"fa"` and `"DFA"` is `"dfa"`, as for the layers: the
+    same weights, the same rule, the model named by the canonical rule."""
+    for rule in ("fa", "kp", "dfa", "shallow"):
+        lower = models.mlp((4,), 3, rule, hidden=(5,), seed=0)
+        upper = models.mlp((4,), 3, rule.upper(), hidden=(5,), seed=0)
+        assert upper.name == lower.name == f"mlp_{rule}"
+        assert type(upper) is type(lower)
+        assert len(upper.weights) == len(lower.weights)
+        for a, b in zip(upper.weights, lower.weights):
+            np.testing.assert_array_equal(
+                ops.convert_to_numpy(a), ops.convert_to_numpy(b)
+            )
+        rules = {
+            getattr(layer.feedback, "name", layer.feedback)
+            for layer in upper.layers
+            if hasattr(layer, "feedback")
+        }
+        assert rules == {rule}
+
+
 # Transformer: tiny widths keep every test fast.
 TINY = {"num_heads": 2, "hidden_dim": 8, "intermediate_dim": 16}
 
@@ -276,7 +351,6 @@ def test_transformer_fa_gradients_are_not_backprop():
         assert _angle(rule[i], true[i]) > 10, paths[i]
 
 
-@pytest.mark.filterwarnings("ignore:Gradients do not exist")  # shallow
 def test_transformer_direct_rules_train():
     # Two classes of sequences whose values are shifted by -1 or +1.
     y = np.arange(16) % 2
@@ -325,7 +399,6 @@ def test_transformer_direct_rules_train():
             assert moved > 1e-3, rule
 
 
-@pytest.mark.filterwarnings("ignore:Gradients do not exist")  # shallow
 def test_transformer_token_head_under_direct_rules():
     # Each token's class is its id modulo 3: a language-model-shaped task,
     # logits (batch, time, classes), taps (batch, time, hidden).
@@ -429,3 +502,21 @@ def test_transformer_input_errors():
     model = models.get("transformer", (12,), 3, "bp", seed=0, **TINY)
     assert model.name == "transformer_bp"
     assert "transformer" in models.MODELS
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda rule: models.mlp((4,), 2, hidden=(3,), feedback=rule),
+        lambda rule: models.get("mlp", (4,), 2, feedback=rule),
+    ],
+)
+def test_unknown_rule_lists_every_rule_the_builders_take(build):
+    """The direct rules too, not only feedback.get's layer-wise ones."""
+    with pytest.raises(ValueError) as info:
+        build("nope")
+    message = str(info.value)
+    assert "feedback='nope'" in message
+    for name in models.rules():
+        assert name in message
+    assert {"dfa", "drtp", "shallow"} <= set(models.rules())

@@ -163,6 +163,87 @@ def test_cells_of_other_settings_are_refused(quick, tmp_path):
         _main(["--quick", "--epochs", "2", "--output", str(tmp_path)])
 
 
+# Cell files that are not cells: what run.load_cell says of each.
+NOT_CELLS = {
+    "truncated": (lambda text: text[: len(text) // 2], "is not valid JSON"),
+    "a list": (lambda text: "[1, 2, 3]", "not a cell record"),
+    "no config": (
+        lambda text: json.dumps({**json.loads(text), "config": None}),
+        "has no config",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(NOT_CELLS))
+def test_a_file_that_is_not_a_cell_is_named_kept_and_run_again(
+    quick, tmp_path, monkeypatch, capsys, damage
+):
+    # Two damaged cells, one of which has a `.bad` file already: both are
+    # named on stderr with what is wrong and moved aside (the older `.bad`
+    # kept) before the first cell trains, and both train again. Training
+    # is replaced by the cell's original record: what is tested is the
+    # handling of the files.
+    output = tmp_path / "out"
+    shutil.copytree(os.path.join(quick["output"], "cells"), output / "cells")
+    originals = _cells(str(output))
+    make, problem = NOT_CELLS[damage]
+    names = ["digits-c2__mlp__fa__seed0.json", "digits-c4__mlp__bp__seed0.json"]
+    paths = [str(output / "cells" / name) for name in names]
+    damaged = {}
+    for path in paths:
+        with open(path) as file:
+            damaged[path] = make(file.read())
+        with open(path, "w") as file:
+            file.write(damaged[path])
+    with open(paths[1] + ".bad", "w") as file:
+        file.write("an older bad file")
+    trained = []
+
+    def fake_run_cell(args, task, model, rule, seed):
+        # Both files were moved aside before anything trained.
+        assert trained or not any(map(os.path.exists, paths))
+        name = f"digits-c{task.num_classes}__{model}__{rule}__seed{seed}.json"
+        trained.append(name)
+        return originals[name]
+
+    monkeypatch.setattr(run, "run_cell", fake_run_cell)
+    argv = ["--quick", "--output", str(output)]
+    summary, _ = _main(argv)
+    assert trained == names
+    lines = capsys.readouterr().err.splitlines()
+    for path, moved in zip(paths, [".bad", ".bad2"]):
+        line = next(line for line in lines if line.startswith(path + " "))
+        assert problem in line
+        assert line.endswith(
+            f": moved aside to {path + moved}; the cell runs again."
+        )
+        with open(path + moved) as file:
+            assert file.read() == damaged[path]
+    with open(paths[1] + ".bad") as file:
+        assert file.read() == "an older bad file"
+    assert _cells(str(output)) == originals
+    assert summary["rows"] == quick["summary"]["rows"]
+
+
+def test_an_output_through_a_file_is_refused_before_training(
+    tmp_path, monkeypatch, capsys
+):
+    def never(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(run, "run_cell", never)
+    monkeypatch.setattr(classes, "availability", never)
+    (tmp_path / "file").write_text("kept")
+    output = str(tmp_path / "file" / "out")
+    with pytest.raises(SystemExit) as error:
+        classes.main(["--quick", "--output", output])
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --output: cannot write {output!r}" in err
+    assert "is a file, not a directory" in err
+    assert (tmp_path / "file").read_text() == "kept"
+
+
 def test_cifar100_without_data_is_skipped_with_a_message(quick, tmp_path):
     # No --data-dir: skipped before any TFDS look-up.
     lines = [line for line in quick["out"].splitlines() if "cifar100" in line]

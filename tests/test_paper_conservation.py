@@ -1,7 +1,7 @@
 """Tests of benchmarks/paper/conservation.py: the law it reproduces, and its
 outputs.
 
-The law (../shared/paper.md, the module docstring): for a hidden ReLU
+The law (docs/paper.md, the module docstring): for a hidden ReLU
 neuron, `Q_i = |w_in|^2 - 2 sum(phi(w_out))` changes in one optimizer step
 by a first-order part `L_i = 2 <w_in, dw_in> - 2 <b_out, dw_out>` and a
 second-order part `S_i`. Positive homogeneity makes `L_i` exactly zero for a
@@ -244,15 +244,23 @@ def test_bad_arguments_fail_fast(tmp_path, capsys, monkeypatch):
         raise AssertionError("the experiments started")
 
     monkeypatch.setattr(conservation, "run_experiments", never)
+    monkeypatch.setattr(keras_fa.datasets, "load_digits", never)
     file = tmp_path / "file"
-    file.write_text("")
+    file.write_text("kept")
+    through = str(file / "results")
     for argv, message in (
-        (["--seeds", "0"], "must be a positive integer"),
-        (["--seeds", "two"], "must be a positive integer"),
+        (["--seeds", "0"], "--seeds: must be a positive integer, got '0'"),
+        (["--seeds", "two"], "--seeds: must be a positive integer, got 'two'"),
         (["--quick", "--steps", "5"], "unrecognized arguments: --steps"),
-        (["--output", str(file)], "cannot use --output"),
+        (["--output", str(file)], f"--output: cannot write {str(file)!r}"),
+        # Found before the experiments, not when the results are written.
+        (["--output", through], f"--output: cannot write {through!r}"),
     ):
         with pytest.raises(SystemExit) as error:
             conservation.main(argv)
         assert error.value.code == 2, argv
-        assert message in capsys.readouterr().err, argv
+        err = capsys.readouterr().err
+        assert message in err, argv
+        if "--output" in argv:
+            assert "is a file, not a directory" in err
+    assert file.read_text() == "kept"

@@ -188,7 +188,25 @@ def test_asking_for_absent_mnist_fails_with_what_to_do(tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_bad_arguments_fail_fast(tmp_path, capsys):
+def _refused(argv, capsys):
+    # Exits with a usage error; returns its line ("...: error: ...").
+    with pytest.raises(SystemExit) as error:
+        label_noise.main(argv)
+    assert error.value.code == 2, argv
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """Makes the experiment fail the test if it starts."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("the experiment started")
+
+    monkeypatch.setattr(label_noise, "run", never)
+
+
+def test_bad_arguments_fail_fast(tmp_path, capsys, no_run):
     for argv in [
         ["--noise", "1.5"],
         ["--noise", "0"],
@@ -197,15 +215,43 @@ def test_bad_arguments_fail_fast(tmp_path, capsys):
         ["--datasets", "auto,digits"],
         ["--datasets", "imagenet"],
         ["--seeds", "0"],
-        ["--epochs", "0"],
         ["--hidden", "32,0"],
-        ["--train-size", "1"],
     ]:
-        with pytest.raises(SystemExit) as error:
-            label_noise.main([*argv, "--quick", "--output", str(tmp_path)])
-        assert error.value.code == 2, argv
-        assert argv[0] in capsys.readouterr().err
+        error = _refused([*argv, "--quick", "--output", str(tmp_path)], capsys)
+        assert argv[0] in error
     assert not os.listdir(tmp_path)
+
+
+RANGE_ERRORS = [  # (flag, bad value, what is allowed)
+    ("--train-size", "1", ">= 2"),
+    ("--epochs", "0", ">= 1"),
+    ("--eval-every", "-3", ">= 1"),
+    ("--hidden", "-3", "positive integers"),
+    ("--batch-size", "0", ">= 1"),
+    ("--learning-rate", "0", "> 0"),
+]
+
+
+def test_range_errors_name_the_flag_the_value_and_what_is_allowed(
+    tmp_path, capsys, no_run
+):
+    for flag, value, allowed in RANGE_ERRORS:
+        error = _refused(
+            ["--quick", "--output", str(tmp_path), flag, value], capsys
+        )
+        assert f"argument {flag}: " in error, error
+        assert repr(value) in error and allowed in error, error
+
+
+def test_an_output_through_a_file_is_refused_before_training(
+    tmp_path, capsys, no_run
+):
+    (tmp_path / "file").write_text("kept")
+    output = str(tmp_path / "file" / "results")
+    error = _refused(["--quick", "--output", output], capsys)
+    assert "argument --output: " in error and output in error
+    assert "is a file, not a directory" in error
+    assert (tmp_path / "file").read_text() == "kept"
 
 
 def test_quick_runs_do_not_overwrite_the_committed_results():

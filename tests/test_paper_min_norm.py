@@ -168,22 +168,74 @@ def test_problem_and_min_norm_solution():
     np.testing.assert_array_equal(again[0], x)
 
 
-def test_bad_arguments_fail_fast(tmp_path, capsys):
-    for argv in [
-        ["--samples", "30", "--features", "20"],  # not under-determined
-        ["--scales", "1,0"],
-        ["--scales", "a"],
-        ["--rules", "dfa"],  # direct rules have no W1 update of this form
-        ["--rules", "fa,fa"],
-        ["--seeds", "0"],
-        ["--hidden", "1", "--outputs", "2"],
-        ["--learning-rate", "-1"],
+def _refused(argv, capsys):
+    # Exits with a usage error; returns its line ("...: error: ...").
+    with pytest.raises(SystemExit) as error:
+        min_norm.main(argv)
+    assert error.value.code == 2, argv
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """Makes the experiment fail the test if it starts."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("the experiment started")
+
+    monkeypatch.setattr(min_norm, "run", never)
+
+
+def test_bad_arguments_fail_fast(tmp_path, capsys, no_run):
+    for argv, words in [
+        # Not under-determined.
+        (["--samples", "30", "--features", "20"], ("(30)", "(20)")),
+        (["--scales", "a"], ("--scales", "'a'")),
+        # Direct rules have no W1 update of this form.
+        (["--rules", "dfa"], ("--rules", "dfa")),
+        (["--rules", "fa,fa"], ("--rules", "repeats fa")),
+        (["--scales", "1,0.1,1"], ("--scales", "repeats 1.0")),
+        (["--seeds", "0"], ("--seeds", "'0'")),
+        (["--hidden", "1", "--outputs", "2"], ("--hidden (1)", "(2)")),
     ]:
-        with pytest.raises(SystemExit) as error:
-            min_norm.main([*argv, "--quick", "--output", str(tmp_path)])
-        assert error.value.code == 2, argv
-        assert "error" in capsys.readouterr().err
+        error = _refused([*argv, "--quick", "--output", str(tmp_path)], capsys)
+        assert all(word in error for word in words), (argv, error)
     assert not os.listdir(tmp_path)
+
+
+RANGE_ERRORS = [  # (flag, bad value, what is allowed)
+    ("--scales", "1,0", "> 0"),
+    ("--features", "0", ">= 1"),
+    ("--samples", "-3", ">= 1"),
+    ("--hidden", "0", ">= 1"),
+    ("--outputs", "0", ">= 1"),
+    ("--learning-rate", "-1", "> 0"),
+    ("--tolerance", "0", "> 0"),
+    ("--max-steps", "0", ">= 1"),
+]
+
+
+def test_range_errors_name_the_flag_the_value_and_what_is_allowed(
+    tmp_path, capsys, no_run
+):
+    for flag, value, allowed in RANGE_ERRORS:
+        error = _refused(
+            ["--quick", "--output", str(tmp_path), flag, value], capsys
+        )
+        bad = value.split(",")[-1]  # of a list, the bad item
+        assert f"argument {flag}: " in error, error
+        assert repr(bad) in error and allowed in error, error
+
+
+def test_an_output_through_a_file_is_refused_before_training(
+    tmp_path, capsys, no_run
+):
+    (tmp_path / "file").write_text("kept")
+    output = str(tmp_path / "file" / "results")
+    error = _refused(["--quick", "--output", output], capsys)
+    assert "argument --output: " in error and output in error
+    assert "is a file, not a directory" in error
+    assert (tmp_path / "file").read_text() == "kept"
 
 
 def test_quick_runs_do_not_overwrite_the_committed_results():

@@ -245,6 +245,132 @@ def test_missing_values_are_skipped(tmp_path):
     np.testing.assert_array_equal(_lines(loss)["loss"][0], [1, 3])
 
 
+def test_a_layer_without_values_is_absent_never_zero(tmp_path):
+    # The hidden layers of `shallow`: no signal, so their angles are NaN
+    # at every measurement; the output layer's are 0.
+    nan = float("nan")
+    history = _with_steps(
+        {
+            "loss": [2.3, 2.2],
+            "dense/update_angle": [nan, nan],
+            "dense/signal_angle": [nan, nan],
+            "dense_2/update_angle": [0.0, 0.0],
+        },
+        {
+            "step": [0, 5, 10],
+            "dense/update_angle": [nan, nan, nan],
+            "dense_2/update_angle": [0.0, 0.0, 0.0],
+        },
+    )
+    figures = _figures(history)
+    assert sorted(figures) == [
+        "layer_dense_2.png",
+        "training.png",
+        "update_angle.png",
+    ]
+    (axes,) = figures["update_angle.png"].get_axes()
+    lines = _lines(axes)
+    # No line, no legend entry for `dense`.
+    assert set(lines) == {"dense_2", "no alignment"}
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == [
+        "dense_2",
+        "no alignment",
+    ]
+    np.testing.assert_array_equal(lines["dense_2"][1], [0.0, 0.0, 0.0])
+    plotting.plot_alignment(history, tmp_path, dpi=20)
+    assert "layer_dense.png" not in os.listdir(tmp_path)
+
+
+def test_a_missing_value_between_measurements_is_a_gap():
+    nan = float("nan")
+    history = _with_steps(
+        {
+            # Epoch 2 was measured (dense_1 has a value), dense has none.
+            "dense/weight_angle": [80.0, None, 40.0],
+            "dense_1/weight_angle": [70.0, 60.0, 50.0],
+        },
+        {
+            # As keras_fa.train records them: angles every 4 steps, NaN in
+            # between for every layer (not measured: left out), and at
+            # step 9 a value for dense_1 only (a gap for dense).
+            "step": [1, 2, 3, 4, 5, 6, 7, 8, 9],
+            "dense/update_angle": [85, nan, nan, nan, 75, nan, nan, nan, nan],
+            "dense_1/update_angle": [88, nan, nan, nan, 80, nan, nan, nan, 70],
+        },
+    )
+    figures = _figures(history)
+    (axes,) = figures["weight_angle.png"].get_axes()
+    x, y = _lines(axes)["dense"]
+    np.testing.assert_array_equal(x, [1, 2, 3])
+    # NaN stays NaN: matplotlib breaks the line there. Neither 0 nor a
+    # segment from 80 to 40 across the missing epoch.
+    np.testing.assert_array_equal(y, [80.0, nan, 40.0])
+    (axes,) = figures["update_angle.png"].get_axes()
+    lines = _lines(axes)
+    np.testing.assert_array_equal(lines["dense"][0], [1, 5, 9])
+    np.testing.assert_array_equal(lines["dense"][1], [85, 75, nan])
+    np.testing.assert_array_equal(lines["dense_1"][1], [88, 80, 70])
+    # The layer's own figure shows the same gap.
+    by_step, by_epoch = figures["layer_dense.png"].get_axes()
+    assert by_epoch.get_xlabel() == "epoch"
+    np.testing.assert_array_equal(
+        _lines(by_epoch)["weight_angle"][1], [80.0, nan, 40.0]
+    )
+    np.testing.assert_array_equal(
+        _lines(by_step)["update_angle"][1], [85, 75, nan]
+    )
+
+
+def test_a_value_between_gaps_of_a_long_series_keeps_its_marker():
+    nan = float("nan")
+    values = [50.0] * 60
+    values[30], values[31], values[32] = nan, 40.0, nan
+    others = [60.0] * 60
+    history = {"a/weight_angle": values, "b/weight_angle": others}
+    (axes,) = _figures(history)["weight_angle.png"].get_axes()
+    line = {line.get_label(): line for line in axes.get_lines()}["a"]
+    marked = np.flatnonzero(line.get_markevery())
+    # 60 points: a bare line, but the lone value at epoch 32 (index 31)
+    # would show nowhere without its marker.
+    np.testing.assert_array_equal(marked, [31])
+    # A short series: every value marked.
+    short = {"a/weight_angle": [1.0, nan, 2.0], "b/weight_angle": [3.0] * 3}
+    (axes,) = _figures(short)["weight_angle.png"].get_axes()
+    line = {line.get_label(): line for line in axes.get_lines()}["a"]
+    np.testing.assert_array_equal(line.get_markevery(), [True, False, True])
+
+
+def test_a_shallow_model_plots_no_hidden_angle(tmp_path):
+    # The real path: keras_fa.alignment on a `shallow` model gives NaN for
+    # its hidden layers, which must not be drawn (as 0 or otherwise).
+    import keras_fa
+
+    keras.utils.set_random_seed(0)
+    model = keras_fa.direct_feedback(
+        keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(8, activation="relu", name="hidden"),
+                keras.layers.Dense(3, name="out"),
+            ]
+        ),
+        "shallow",
+    )
+    model.compile(
+        "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = np.arange(16) % 3
+    measures = keras_fa.alignment.measure(model, x, y)
+    assert np.isnan(measures["hidden/update_angle"])
+    history = {key: [value, value] for key, value in measures.items()}
+    figures = _figures(history)
+    (axes,) = figures["update_angle.png"].get_axes()
+    assert set(_lines(axes)) == {"out", "no alignment"}
+    assert "layer_hidden.png" not in figures
+    assert "layer_out.png" in figures
+
+
 def test_layer_names_are_split_at_the_last_slash(tmp_path):
     history = {
         "model/block_1/dense/weight_angle": [80.0, 70.0],
@@ -358,9 +484,112 @@ def test_a_failed_save_leaves_no_file_and_keeps_the_old_one(
 
     monkeypatch.setattr(FigureCanvasAgg, "print_png", fail)
     with pytest.raises(OSError, match="disk full"):
-        plotting.plot_alignment({"loss": [1.0, 0.5]}, tmp_path)
+        plotting.plot_alignment({"loss": [1.0, 0.5]}, tmp_path, overwrite=True)
     assert os.listdir(tmp_path) == ["training.png"]
     assert (tmp_path / "training.png").read_bytes() == b"old figure"
+
+
+def _no_drawing(monkeypatch):
+    """Makes drawing a figure fail the test: errors must come first."""
+
+    def draw(*args, **kwargs):
+        raise AssertionError("a figure was drawn before the error")
+
+    monkeypatch.setattr(plotting, "_draw", draw)
+
+
+def test_existing_figures_are_kept_unless_overwrite(tmp_path, monkeypatch):
+    history = {"loss": [1.0, 0.5], "dense/norm_ratio": [1.0, 1.1]}
+    (tmp_path / "training.png").write_bytes(b"an earlier run")
+    (tmp_path / "layer_old.png").write_bytes(b"an earlier layer")
+    (tmp_path / "log.csv").write_text("epoch,loss\n")
+    with monkeypatch.context() as patch:
+        _no_drawing(patch)
+        with pytest.raises(FileExistsError) as error:
+            plotting.plot_alignment(history, tmp_path)
+    message = str(error.value)
+    assert "`directory`" in message and str(tmp_path) in message
+    assert "'layer_old.png', 'training.png'" in message
+    assert "overwrite=True" in message
+    assert (tmp_path / "training.png").read_bytes() == b"an earlier run"
+    assert sorted(os.listdir(tmp_path)) == [
+        "layer_old.png",
+        "log.csv",
+        "training.png",
+    ]
+
+    # Asked to: the figure of the same name is replaced, the others stay
+    # (as the docstring says).
+    paths = plotting.plot_alignment(history, tmp_path, dpi=20, overwrite=True)
+    assert [os.path.basename(path) for path in paths] == [
+        "layer_dense.png",
+        "norm_ratio.png",
+        "training.png",
+    ]
+    assert _size(tmp_path / "training.png") == (100, 70)
+    assert (tmp_path / "layer_old.png").read_bytes() == b"an earlier layer"
+    assert (tmp_path / "log.csv").read_text() == "epoch,loss\n"
+
+
+def test_a_directory_without_figures_is_written_to(tmp_path):
+    # Other files (a CSVLogger's log) are no figures of an earlier run.
+    (tmp_path / "log.csv").write_text("epoch,loss\n")
+    plotting.plot_alignment({"loss": [1.0]}, tmp_path, dpi=20)
+    assert sorted(os.listdir(tmp_path)) == ["log.csv", "training.png"]
+    # A second call into the same directory is refused.
+    with pytest.raises(FileExistsError, match="'training.png'"):
+        plotting.plot_alignment({"loss": [2.0]}, tmp_path, dpi=20)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        ({"overwrite": "yes"}, TypeError, "`overwrite` must be True or False"),
+        ({"overwrite": 1}, TypeError, "Received: 1"),
+    ],
+)
+def test_bad_overwrite_is_rejected(
+    tmp_path, monkeypatch, kwargs, error, pattern
+):
+    _no_drawing(monkeypatch)
+    with pytest.raises(error, match=pattern):
+        plotting.plot_alignment({"loss": [1.0]}, tmp_path / "figures", **kwargs)
+    assert not os.path.exists(tmp_path / "figures")
+
+
+def test_a_directory_that_is_a_file_is_rejected(tmp_path, monkeypatch):
+    _no_drawing(monkeypatch)
+    path = tmp_path / "figures"
+    path.write_text("not a directory")
+    with pytest.raises(NotADirectoryError, match="`directory` must be a dir"):
+        plotting.plot_alignment({"loss": [1.0]}, path)
+    with pytest.raises(NotADirectoryError, match="could not be created"):
+        plotting.plot_alignment({"loss": [1.0]}, path / "below")
+    with pytest.raises(TypeError, match="`directory` must be a path"):
+        plotting.plot_alignment({"loss": [1.0]}, 3)
+    assert path.read_text() == "not a directory"
+
+
+def test_an_unwritable_directory_is_rejected(tmp_path, monkeypatch):
+    _no_drawing(monkeypatch)
+    # As a user without write permission sees it (the tests may run as
+    # root, who may write anywhere).
+    monkeypatch.setattr(plotting.os, "access", lambda path, mode: False)
+    with pytest.raises(PermissionError, match="`directory` .* not writable"):
+        plotting.plot_alignment({"loss": [1.0]}, tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_files_follow_the_umask(tmp_path, umask):
+    # A temporary file from tempfile.mkstemp would be 0600 whatever the
+    # umask: figures in a shared directory must be readable as any file.
+    old = os.umask(umask)
+    try:
+        (path,) = plotting.plot_alignment({"loss": [1.0]}, tmp_path, dpi=20)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_failed_rename_leaves_no_file(tmp_path, monkeypatch):

@@ -207,6 +207,64 @@ def test_brsf_seed_fixes_feedback_draws():
         assert not np.array_equal(first[0], draws(kind, 8)[0])
 
 
+# Run in a fresh process: loads a .keras file without keras_fa, prints
+# Keras's error, then imports keras_fa, loads it and saves its predictions.
+_LOAD_WITHOUT_IMPORT = """
+import sys
+import keras
+import numpy as np
+path, x_path, out_path = sys.argv[1:]
+assert "keras_fa" not in sys.modules
+try:
+    keras.models.load_model(path)
+except TypeError as error:
+    print("ERROR", error)
+else:
+    raise SystemExit("loaded without keras_fa")
+import keras_fa  # noqa: F401 (registers the layers and rules)
+model = keras.models.load_model(path)
+np.save(out_path, keras.ops.convert_to_numpy(model(np.load(x_path))))
+"""
+
+
+def test_loading_needs_import_keras_fa(tmp_path):
+    """In a process that has not imported keras_fa, Keras cannot find its
+    classes: it refuses (naming the class and keras_fa's module; Keras
+    imports the modules of keras and keras_hub only, so keras_fa cannot
+    load itself). After `import keras_fa` the same file loads and predicts
+    what was saved (README, Saving)."""
+    model = make_model("fa")
+    x, _ = batch(model)
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "x.npy", x)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pythonpath = os.pathsep.join(
+        [root] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOAD_WITHOUT_IMPORT,
+            str(tmp_path / "model.keras"),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "predictions.npy"),
+        ],
+        env=dict(os.environ, PYTHONPATH=pythonpath),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    error = result.stdout[result.stdout.index("ERROR") :]
+    assert "Could not locate class 'FAConv2D'" in error
+    assert "'module': 'keras_fa.layers.conv'" in error
+    assert "'registered_name': 'keras_fa>FAConv2D'" in error
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "predictions.npy"), numpy(model(x))
+    )
+
+
 def test_load_across_backends(tmp_path):
     current = keras.backend.backend()
     others = [b for b in ("tensorflow", "jax", "torch") if b != current]

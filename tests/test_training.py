@@ -95,6 +95,9 @@ def test_record_has_every_step_and_every_epoch():
     steps = record.steps
     assert steps["step"] == list(range(1, 15))
     assert steps["epoch"] == [0] * 7 + [1] * 7
+    # Counts are ints, as in the callbacks' records; measures are floats.
+    assert all(type(v) is int for v in steps["step"] + steps["epoch"])
+    assert all(type(v) is float for v in steps["loss"])
     for key in [*WEIGHT_KEYS, "loss", "accuracy"]:
         assert len(steps[key]) == 14, key
         assert _finite(steps[key]).all(), key
@@ -342,7 +345,7 @@ def test_progress_bar_and_plot(capsys, tmp_path):
     assert capsys.readouterr().out == ""
 
 
-PROBE_ERROR = r"tuple \(x, y\) or \(x, y, sample_weight\), or None"
+PROBE_ERROR = r"tuple \(x, y\) or \(x, y, sample_weight\) of arrays, or None"
 
 
 def test_numpy_integers_and_weighted_probe_are_accepted():
@@ -381,6 +384,16 @@ def test_bad_arguments_name_what_is_allowed():
         ({"batch_size": -1}, "`batch_size` must be a positive integer"),
         ({"every": 0}, "`every` must be a positive integer or None"),
         ({"every": True}, "`every` must be a positive integer or None"),
+        ({"epochs": "2"}, "`epochs` must be a positive integer.*epochs='2'"),
+        ({"weights_every": "a"}, "`weights_every` must be a positive"),
+        ({"seed": "a"}, "`seed` must be a non-negative integer.*seed='a'"),
+        ({"seed": 1.5}, "`seed` must be a non-negative integer"),
+        ({"shuffle": "batch"}, "`shuffle` must be True or False"),
+        ({"validation_data": x[:8]}, "`validation_data` must be a tuple"),
+        (
+            {"validation_data": (x[:8], y[:8] + 10)},
+            r"y of `validation_data` holds the label 1\d .* 10 outputs",
+        ),
         ({"probe_data": x[:8]}, PROBE_ERROR),
         ({"probe_data": (x[:8],)}, PROBE_ERROR),
         ({"probe_data": (x[:8], y[:8], y[:8], y[:8])}, PROBE_ERROR),
@@ -388,10 +401,105 @@ def test_bad_arguments_name_what_is_allowed():
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):
             keras_fa.train(model, x, y, verbose=0, **kwargs)
-    with pytest.raises(ValueError, match="x has 64 examples but y has 63"):
+    with pytest.raises(ValueError, match="`verbose` must be 0 .*verbose='a'"):
+        keras_fa.train(model, x, y, verbose="a")
+    with pytest.raises(ValueError, match="`x`: 64, `y`: 63"):
         keras_fa.train(model, x, y[:63], verbose=0)
     # Nothing was trained.
     assert int(model.optimizer.iterations) == 0
+
+
+def test_bad_data_is_refused_before_any_step():
+    (x, y), _ = _digits()
+    x, y = x[:64], y[:64]
+    nan = x.copy()
+    nan[5, 7] = np.nan
+    model = _model()
+    cases = [
+        ((x[:0], y[:0]), {}, ValueError, "`x` has no examples"),
+        ((nan, y), {}, ValueError, r"`x` holds 1 NaN .* \(5, 7\)"),
+        ((x, y), {"sample_weight": np.ones(3)}, ValueError, "`x`: 64"),
+        ((x.tolist(), y), {}, TypeError, "`x` must be an array .* numpy"),
+        ((x, y + 1), {}, ValueError, r"`y` holds the label 10 .*\[0, 10\)"),
+        ((x[:, :8], y), {}, ValueError, r"cannot take `x` \(shape \(32, 8\)"),
+        (
+            (x, y),
+            {"probe_data": (x[:8], y[:8] + 10)},
+            ValueError,
+            "y of `probe_data` holds the label",
+        ),
+        (
+            (x, y),
+            {"probe_data": (x[:8], y[:4])},
+            ValueError,
+            "x of `probe_data`: 8, y of `probe_data`: 4",
+        ),
+        (
+            (x, y),
+            {"probe_data": (x[:8, :3], y[:8])},
+            ValueError,
+            "cannot take x of `probe_data`",
+        ),
+        ((iter(x), y), {}, TypeError, "takes arrays.*model.fit"),
+    ]
+    for args, kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            keras_fa.train(model, *args, verbose=0, **kwargs)
+    assert int(model.optimizer.iterations) == 0
+
+
+def test_a_data_set_is_refused_with_what_to_use_instead():
+    tf = pytest.importorskip("tensorflow")
+    (x, y), _ = _digits()
+    dataset = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(16)
+    model = _model()
+    with pytest.raises(TypeError, match="tf.data.Dataset") as error:
+        keras_fa.train(model, dataset, None, verbose=0)
+    message = str(error.value)
+    assert "model.fit" in message and "AlignmentCallback" in message
+    with pytest.raises(TypeError, match="PyDataset"):
+        keras_fa.train(model, _Batches(x[:64], y[:64]), None, verbose=0)
+    assert int(model.optimizer.iterations) == 0
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        part = slice(32 * index, 32 * (index + 1))
+        return self.x[part], self.y[part]
+
+
+def test_non_finite_loss_stops_training_with_a_warning():
+    # Finite data, a learning rate that makes the weights overflow.
+    (x, y), _ = _digits()
+    model = _model(optimizer=keras.optimizers.SGD(1e30))
+    with pytest.warns(UserWarning, match="the loss is nan at step") as caught:
+        record = keras_fa.train(
+            model,
+            x[:96],
+            y[:96],
+            epochs=3,
+            batch_size=16,
+            every=None,
+            verbose=0,
+        )
+    [warning] = [w for w in caught if "the loss is" in str(w.message)]
+    losses = record.steps["loss"]
+    step = len(losses)
+    # Stopped at the first non-finite loss, in the first of 3 epochs.
+    assert f"at step {step} (epoch 0)" in str(warning.message)
+    assert "TerminateOnNaN" in str(warning.message)
+    assert step < 6 and not math.isfinite(losses[-1])
+    assert all(math.isfinite(v) for v in losses[:-1])
+    assert record.steps["step"] == list(range(1, step + 1))
+    assert record.epoch == [0] and len(record.history["loss"]) == 1
+    assert int(model.optimizer.iterations) == step
 
 
 def test_weights_every_thins_the_weight_record():

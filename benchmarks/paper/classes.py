@@ -12,15 +12,20 @@ need no network; k = 2, 5, 10, 20, 50, 100 of CIFAR-100 when `--data-dir`
 holds it prepared by TFDS, else it is skipped with one line saying why), and
 relates each rule's alignment to its accuracy gap to backprop.
 
-Every (data set, k, rule, seed) is a cell of `benchmarks/run.py`, trained by
-its `run_cell` (Adam 1e-3, batch 128, the `keras_fa.models` MLP, or LeNet
-with `--model lenet`) and written as one JSON file under `<output>/cells/`,
-atomically; a rerun skips finished cells. Seed s draws the classes, the
-data order and the weights: every rule of a seed sees the same classes and
-starts from the same forward weights. A k-class subset has k/10 of the
-examples of ten classes, so the epochs scale as `ceil(epochs * 10 / k)`:
-every k gets about the same number of optimizer steps (`--epochs` is the
-count at ten classes, default 30).
+Every (data set, k, rule, seed) is a cell of `benchmarks/run.py`, trained
+by its `run_cell` (Adam 1e-3, batch 128, the `keras_fa.models` MLP, or
+LeNet with `--model lenet`) and written as one JSON file under
+`<output>/cells/`, atomically; a rerun skips finished cells. Before any
+training, a cell file made with other settings (another backend, other
+versions) is refused with the differences, and one that is not a cell
+(truncated, not a record) is named on stderr, with what is wrong, and moved
+aside to `<name>.bad` (never deleted): its cell trains again. A bad
+`--output` is a usage error, also before any training. Seed s draws the
+classes, the data order and the weights: every rule of a seed sees the same
+classes and starts from the same forward weights. A k-class subset has k/10
+of the examples of ten classes, so the epochs scale as
+`ceil(epochs * 10 / k)`: every k gets about the same number of optimizer
+steps (`--epochs` is the count at ten classes, default 30).
 
 Per (data set, k, rule), over seeds (mean and sample std):
 - test accuracy;
@@ -254,36 +259,98 @@ def availability(args):
     return status
 
 
-def train(args, status, say=print):
-    """Trains (or reads back) every cell; returns the records."""
-    records = []
+def planned_cells(args, status):
+    """Yields `(options, rule, seed, path)` for every cell of the data sets
+    that run: `options` is benchmarks.run's namespace of its (data set, k),
+    `path` its file under `<output>/cells/`."""
     for dataset, entry in status.items():
         if entry["status"] != "ran":
             continue
         for classes in args.classes[dataset]:
             options = runner_args(args, dataset, classes)
+            config = run.config_of(options)
             for seed in range(args.seeds):
-                tasks = {}  # loaded by the first cell that trains
                 for rule in args.rules:
-                    record = cell(args, options, rule, seed, tasks, say)
-                    records.append(record)
+                    name = run.cell_name(config, args.model, rule, seed)
+                    path = os.path.join(args.output, "cells", name + ".json")
+                    yield options, rule, seed, path
+
+
+def check_cells(args, status):
+    """Checks the finished cells of this run before any training.
+
+    Raises SystemExit, naming the file and the differences, if a cell was
+    made with other settings (another backend, other versions, other
+    epochs). Then moves each file that is not a cell (not JSON, truncated,
+    not a record: `run.load_cell`) aside to `<name>.bad`, never deleting
+    it, and says so on stderr: its cell trains again.
+    """
+    bad = []
+    for options, _, _, path in planned_cells(args, status):
+        record, problem = run.load_cell(path)
+        if problem is not None:
+            bad.append((path, problem))
+        elif record is not None:
+            _check_settings(path, record, run.config_of(options))
+    for path, problem in bad:
+        _set_aside(path, problem)
+
+
+def _check_settings(path, record, config):
+    if record["config"] != config:
+        differences = ", ".join(
+            f"{key}={record['config'].get(key)!r}, now {config.get(key)!r}"
+            for key in sorted(set(record["config"]) | set(config))
+            if record["config"].get(key) != config.get(key)
+        )
+        raise SystemExit(
+            f"{path} was made with other settings ({differences}). Use "
+            "another --output, or move that file away to run the cell again."
+        )
+
+
+def _set_aside(path, problem):
+    # Renames `path` to `<path>.bad` (`.bad2`, ... if taken), and says so.
+    target, number = path + ".bad", 1
+    while os.path.lexists(target):
+        number += 1
+        target = f"{path}.bad{number}"
+    os.rename(path, target)
+    print(
+        f"{path} {problem}: moved aside to {target}; the cell runs again.",
+        file=sys.stderr,
+    )
+
+
+def train(args, status, say=print):
+    """Trains (or reads back) every cell; returns the records."""
+    records, tasks, current = [], {}, None
+    for options, rule, seed, _ in planned_cells(args, status):
+        # The rules of a (data set, k, seed) share its data, loaded by the
+        # first of its cells that trains.
+        if (options.dataset, options.classes, seed) != current:
+            tasks, current = {}, (options.dataset, options.classes, seed)
+        records.append(cell(args, options, rule, seed, tasks, say))
     return records
 
 
 def cell(args, options, rule, seed, tasks, say=print):
     """Returns the finished cell of (`options`' data set and k, `rule`,
     `seed`) read back, or trains it and writes it. `tasks` caches the
-    seed's data between the rules."""
+    seed's data between the rules.
+
+    A cell file made with other settings is refused (SystemExit); one that
+    is not a cell is moved aside to `<name>.bad` (see `check_cells`) and
+    its cell trains again.
+    """
     config = run.config_of(options)
     name = run.cell_name(config, args.model, rule, seed)
     path = os.path.join(args.output, "cells", name + ".json")
-    record = run.read_cell(path)
-    if record is not None:
-        if record["config"] != config:
-            raise SystemExit(
-                f"{path} was made with other settings ({record['config']}, "
-                f"now {config}). Use another --output, or delete the file."
-            )
+    record, problem = run.load_cell(path)
+    if problem is not None:
+        _set_aside(path, problem)
+    elif record is not None:
+        _check_settings(path, record, config)
         return record
     if "task" not in tasks:
         tasks["task"] = datasets.load(
@@ -871,6 +938,7 @@ def main(argv=None):
     for name, entry in status.items():
         if entry["status"] == "skipped":
             print(f"{name} skipped: {entry['reason']}.")
+    check_cells(args, status)
     records = train(args, status)
     summary = analyse(records, args, status, argv)
     summary["figures"] = figures(

@@ -1,4 +1,5 @@
-"""What the paper reproductions share: seeds, statistics, atomic output."""
+"""What the paper reproductions share: command-line options, statistics,
+atomic output."""
 
 import argparse
 import io
@@ -9,6 +10,7 @@ import statistics
 
 import numpy as np
 
+from benchmarks.shared import check_output_path
 from benchmarks.shared import write_atomic
 
 ROOT = os.path.dirname(
@@ -25,10 +27,13 @@ def quick_output(name):
 
 def parse_args(parser, argv, name):
     """Parses `argv` with a `parser()`; a `--quick` run without `--output`
-    goes to `quick_output(name)`."""
+    goes to `quick_output(name)`. Exits as argparse does (status 2) if the
+    `--output` directory cannot be created or written: before any work, not
+    when the results are written."""
     args = parser.parse_args(argv)
     if args.quick and args.output == parser.get_default("output"):
         args.output = quick_output(name)
+    check_output_path(parser, "--output", args.output, directory=True)
     return args
 
 
@@ -95,6 +100,17 @@ def list_of(kind, allowed=None):
 
     parse.__name__ = "list"
     return parse
+
+
+def repeated(values):
+    """Returns the values that occur more than once in `values`, joined by
+    commas as given on a command line ("" if none)."""
+    seen, twice = set(), []
+    for value in values:
+        if value in seen and value not in twice:
+            twice.append(value)
+        seen.add(value)
+    return ",".join(map(str, twice))
 
 
 def mean_std(values):

@@ -8,7 +8,7 @@ For hidden neuron i of layer l, with incoming weights and bias `w_in`
 `W_{l+1}`), the next layer's rule has a potential `phi` whose gradient is
 the feedback `B` it uses in place of `W` (`phi = W * B` for fa and usf,
 `W^2 / 2` for bp; `FeedbackRule.conservation_potential`).
-`../shared/paper.md` derives that under gradient flow
+`docs/paper.md` derives that under gradient flow
 
     Q_i = |w_in|^2 - 2 sum(phi(w_out))
 
@@ -1006,10 +1006,6 @@ def main(argv=None):
         "alignment it implies.",
     )
     args = common.parse_args(parser, argv, NAME)
-    try:
-        os.makedirs(args.output, exist_ok=True)
-    except OSError as error:
-        parser.error(f"cannot use --output {args.output!r}: {error}")
     config = QUICK if args.quick else FULL
     (x, y), _ = keras_fa.datasets.load_digits()
     data = x[: config["examples"]], y[: config["examples"]]

@@ -41,6 +41,7 @@ import time
 import keras
 import numpy as np
 
+from benchmarks import shared
 from benchmarks.paper import common
 from keras_fa import datasets
 from keras_fa import models
@@ -113,28 +114,30 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--train-size",
-        type=int,
+        type=shared.int_in(2),
         help="training examples drawn from MNIST (default 4000; quick: "
         "300); the offline sets use at most this many of theirs",
     )
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=shared.positive_int,
         help="training epochs on every data set (default: mnist and "
         "mnist1d 200, digits 600; quick: 4)",
     )
     parser.add_argument(
         "--eval-every",
-        type=int,
+        type=shared.positive_int,
         help="epochs between measurements (default 5; quick: 2)",
     )
     parser.add_argument(
         "--hidden",
-        type=common.list_of(int),
+        type=shared.positive_ints,
         help="units of the hidden layers (default 256,256; quick: 32,32)",
     )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=shared.positive_int, default=128)
+    parser.add_argument(
+        "--learning-rate", type=shared.positive_float, default=1e-3
+    )
     args = common.parse_args(parser, argv, NAME)
     preset = QUICK if args.quick else FULL
     for name in SETTINGS:
@@ -142,19 +145,10 @@ def parse_args(argv=None):
             setattr(args, name, preset[name])
     if not 0.0 < args.noise < 1.0:
         parser.error(f"--noise must be in (0, 1), got {args.noise}")
-    for name in ("train_size", "epochs", "eval_every", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.train_size < 2:
-        parser.error("--train-size must be at least 2")
-    if min(args.hidden) < 1:
-        parser.error("--hidden must hold positive numbers of units")
-    if not args.learning_rate > 0:
-        parser.error("--learning-rate must be positive")
     for name in ("rules", "datasets"):
-        values = getattr(args, name)
-        if len(set(values)) != len(values):
-            parser.error(f"--{name} must not repeat an entry")
+        repeated = common.repeated(getattr(args, name))
+        if repeated:
+            parser.error(f"--{name} repeats {repeated}: give each value once")
     if "auto" in args.datasets and len(args.datasets) > 1:
         parser.error("--datasets auto stands alone")
     return args

@@ -51,6 +51,7 @@ import keras
 import numpy as np
 
 import keras_fa
+from benchmarks import shared
 from benchmarks.paper import common
 
 NAME = "min_norm"
@@ -97,19 +98,19 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--scales",
-        type=common.list_of(float),
+        type=common.list_of(shared.positive_float),
         help="initial scales, comma-separated (default "
         f"{','.join(map(str, FULL['scales']))}; quick: "
         f"{','.join(map(str, QUICK['scales']))})",
     )
     for name, kind in (
-        ("features", int),
-        ("samples", int),
-        ("hidden", int),
-        ("outputs", int),
-        ("learning_rate", float),
-        ("tolerance", float),
-        ("max_steps", int),
+        ("features", shared.positive_int),
+        ("samples", shared.positive_int),
+        ("hidden", shared.positive_int),
+        ("outputs", shared.positive_int),
+        ("learning_rate", shared.positive_float),
+        ("tolerance", shared.positive_float),
+        ("max_steps", shared.positive_int),
     ):
         parser.add_argument(
             "--" + name.replace("_", "-"),
@@ -121,9 +122,6 @@ def parse_args(argv=None):
     for name in SETTINGS:
         if getattr(args, name) is None:
             setattr(args, name, preset[name])
-    for name in ("features", "samples", "hidden", "outputs", "max_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.samples >= args.features:
         parser.error(
             "the problem must be under-determined: --samples "
@@ -131,16 +129,14 @@ def parse_args(argv=None):
             f"({args.features})"
         )
     if args.hidden < args.outputs:
-        parser.error("--hidden must be at least --outputs")
-    for name in ("learning_rate", "tolerance"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if any(not 0 < s < math.inf for s in args.scales):
-        parser.error("--scales must be positive")
-    if len(set(args.scales)) != len(args.scales):
-        parser.error("--scales must not repeat a scale")
-    if len(set(args.rules)) != len(args.rules):
-        parser.error("--rules must not repeat a rule")
+        parser.error(
+            f"--hidden ({args.hidden}) must be at least --outputs "
+            f"({args.outputs})"
+        )
+    for name in ("scales", "rules"):
+        repeated = common.repeated(getattr(args, name))
+        if repeated:
+            parser.error(f"--{name} repeats {repeated}: give each value once")
     return args
 
 

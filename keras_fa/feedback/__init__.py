@@ -21,22 +21,49 @@ from keras_fa.feedback.wm import WeightMirror
 
 
 def serialize(rule):
-    """Returns a JSON-friendly config of a feedback rule."""
+    """Returns a JSON-friendly config of a feedback rule.
+
+    Args:
+        rule: a `keras_fa.feedback.FeedbackRule` instance.
+    """
+    if not isinstance(rule, FeedbackRule):
+        raise TypeError(
+            "`rule` must be a keras_fa.feedback.FeedbackRule instance (use "
+            "keras_fa.feedback.get to make one from a name). Received: "
+            f"rule={rule!r} of type {type(rule).__name__}"
+        )
     return keras.saving.serialize_keras_object(rule)
 
 
 def deserialize(config):
-    """Returns the feedback rule described by `config` (from `serialize`)."""
-    return keras.saving.deserialize_keras_object(config)
+    """Returns the feedback rule described by `config` (from `serialize`).
+
+    Args:
+        config: the dict `serialize` returned.
+    """
+    if not isinstance(config, dict):
+        raise TypeError(
+            "`config` must be a dict from keras_fa.feedback.serialize. "
+            f"Received: config={config!r} of type {type(config).__name__}"
+        )
+    rule = keras.saving.deserialize_keras_object(config)
+    if not isinstance(rule, FeedbackRule):
+        raise ValueError(
+            "`config` must describe a keras_fa.feedback.FeedbackRule (a "
+            "dict from keras_fa.feedback.serialize). Received: "
+            f"config={config!r}, which makes a {type(rule).__name__}"
+        )
+    return rule
 
 
 def get(identifier):
     """Returns a feedback rule object.
 
     Args:
-        identifier: a registered name (`"bp"`, `"fa"`, `"usf"`, `"brsf"`,
-            `"frsf"`, `"kp"`, `"wm"`, or one added with `register`), a config
-            dict from `serialize`, a `FeedbackRule` subclass or instance.
+        identifier: a registered name, in any case (`"bp"`, `"fa"`,
+            `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`, or one added with
+            `register`; `"FA"` is `"fa"`), a config dict from `serialize`, a
+            `FeedbackRule` subclass or instance.
 
     Example:
 
@@ -57,7 +84,7 @@ def get(identifier):
             )
         return cls()
     if isinstance(identifier, dict):
-        rule = deserialize(identifier)
+        rule = keras.saving.deserialize_keras_object(identifier)
         if isinstance(rule, FeedbackRule):
             return rule
     raise ValueError(

@@ -25,7 +25,19 @@ def register(name):
     ...         return 0.5 * kernel
     """
 
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            "`name` must be a non-empty str, the name users pass as "
+            f"`feedback=`. Received: name={name!r}"
+        )
+
     def decorator(cls):
+        if not (isinstance(cls, type) and issubclass(cls, FeedbackRule)):
+            raise TypeError(
+                f"feedback.register({name!r}) decorates a subclass of "
+                "keras_fa.feedback.FeedbackRule. Received: "
+                f"{cls!r} of type {type(cls).__name__}"
+            )
         key = name.lower()
         if key in _RULES and _RULES[key] is not cls:
             raise ValueError(

@@ -4,6 +4,7 @@ import math
 
 from keras import ops
 
+from keras_fa._validation import check_real
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import fixed_feedback_potential
 from keras_fa.feedback.base import glorot_scale
@@ -16,7 +17,8 @@ class UniformSignFeedback(FeedbackRule):
     """uSF: B = sign(W) * scale, recomputed from the current W.
 
     Args:
-        scale: the magnitude of every feedback entry. None (the default) uses
+        scale: the magnitude of every feedback entry, a finite positive
+            number. None (the default) uses
             `sqrt(2 / (fan_in + fan_out))` of the kernel, the standard deviation
             of Glorot initialisation, as biotorch does, with the fans Keras
             gives the kernel's initializer (`layer.feedback_fans`: for an
@@ -24,11 +26,9 @@ class UniformSignFeedback(FeedbackRule):
     """
 
     def __init__(self, scale=None):
-        if scale is not None and not float(scale) > 0:
-            raise ValueError(
-                f"`scale` must be a positive number or None. Received: {scale}"
-            )
-        self.scale = None if scale is None else float(scale)
+        if scale is not None:
+            scale = check_real("scale", scale, minimum=0, exclusive=True)
+        self.scale = scale
 
     def feedback_inputs(self, layer):
         if self.scale is not None:

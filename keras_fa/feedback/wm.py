@@ -1,11 +1,12 @@
 """Weight mirror (Akrout, Wilson, Humphreys, Lillicrap & Tweed, 2019)."""
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
+from keras_fa._validation import check_integer
+from keras_fa._validation import check_real
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import add_feedback_kernel
 from keras_fa.feedback.base import add_feedback_seed_generator
@@ -68,28 +69,11 @@ class WeightMirror(FeedbackRule):
     """
 
     def __init__(self, noise_std=1.0, mirror_batch=32, decay=1.0):
-        if not _is_real(noise_std) or not noise_std > 0:
-            raise ValueError(
-                "`noise_std` must be a finite positive number. Received: "
-                f"noise_std={noise_std!r}"
-            )
-        if (
-            isinstance(mirror_batch, bool)
-            or not isinstance(mirror_batch, numbers.Integral)
-            or mirror_batch < 1
-        ):
-            raise ValueError(
-                "`mirror_batch` must be an integer >= 1. Received: "
-                f"mirror_batch={mirror_batch!r}"
-            )
-        if not _is_real(decay) or not decay >= 0:
-            raise ValueError(
-                "`decay` must be a finite number >= 0. Received: "
-                f"decay={decay!r}"
-            )
-        self.noise_std = float(noise_std)
-        self.mirror_batch = int(mirror_batch)
-        self.decay = float(decay)
+        self.noise_std = check_real(
+            "noise_std", noise_std, minimum=0, exclusive=True
+        )
+        self.mirror_batch = check_integer("mirror_batch", mirror_batch, 1)
+        self.decay = check_real("decay", decay, minimum=0)
 
     def build(self, layer):
         add_feedback_kernel(layer, trainable=True)
@@ -121,11 +105,3 @@ class WeightMirror(FeedbackRule):
             "mirror_batch": self.mirror_batch,
             "decay": self.decay,
         }
-
-
-def _is_real(value):
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )

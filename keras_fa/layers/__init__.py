@@ -60,6 +60,12 @@ def feedback_variables(layer):
     """Returns the feedback state variables of `layer` and its sub-layers
     (feedback kernels, seed-generator states): what the Keras layer it
     replaces does not have."""
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(
+            "`layer` must be a keras.layers.Layer (a keras_fa layer, or a "
+            f"model holding some). Received: layer={layer!r} of type "
+            f"{type(layer).__name__}"
+        )
     variables = []
     for sublayer in layer._flatten_layers(include_self=True):
         if isinstance(sublayer, FeedbackMixin):

@@ -3,6 +3,7 @@ whose projections are feedback layers."""
 
 import keras
 
+from keras_fa._validation import check_integer
 from keras_fa.layers.base import CompositeFeedbackMixin
 from keras_fa.layers.base import layer_seed
 from keras_fa.layers.base import standardize_seed
@@ -116,6 +117,21 @@ class FAGroupQueryAttention(_FAAttention, keras.layers.GroupQueryAttention):
         seed=None,
         **kwargs,
     ):
+        # Keras divides by them (ZeroDivisionError) or takes 0 silently.
+        head_dim = check_integer("head_dim", head_dim, minimum=1)
+        num_query_heads = check_integer(
+            "num_query_heads", num_query_heads, minimum=1
+        )
+        num_key_value_heads = check_integer(
+            "num_key_value_heads", num_key_value_heads, minimum=1
+        )
+        if num_query_heads % num_key_value_heads:
+            raise ValueError(
+                "`num_query_heads` must be divisible by "
+                "`num_key_value_heads`. Received: "
+                f"num_query_heads={num_query_heads}, "
+                f"num_key_value_heads={num_key_value_heads}"
+            )
         super().__init__(
             head_dim,
             num_query_heads,

@@ -96,7 +96,12 @@ class FeedbackMixin:
 
     def _init_feedback(self, feedback, feedback_initializer, seed):
         if getattr(self, "quantization_mode", None):
-            raise ValueError("keras_fa layers do not support quantization.")
+            raise ValueError(
+                "keras_fa layers do not support quantization: their feedback "
+                "rule's backward pass needs the full-precision kernel. Use a "
+                "float dtype policy ('float32', 'mixed_float16', ...). "
+                f"Received: dtype={self.dtype_policy.name!r}"
+            )
         self.feedback = feedback_lib.get(feedback)
         self.feedback_initializer = get_feedback_initializer(
             feedback_initializer
@@ -231,11 +236,12 @@ class FeedbackMixin:
             variable.assign(store[str(start + i)])
 
     def quantize(self, *args, **kwargs):
-        """Not supported: feedback layers keep full-precision kernels."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not support quantization: its "
-            "backward pass needs the full-precision kernel."
-        )
+        """Not supported: feedback layers keep full-precision kernels.
+
+        Raises a NotImplementedError, which `keras.Model.quantize` turns
+        into a warning naming this layer: the model's other layers are
+        quantized, this one keeps its kernel as it is."""
+        raise NotImplementedError(_quantize_message(self))
 
     def _feedback_config(self):
         return {
@@ -245,6 +251,37 @@ class FeedbackMixin:
             ),
             "seed": self.seed,
         }
+
+
+def _quantize_message(layer, kernel=None):
+    """Why keras_fa `layer` is not quantized: names it, its rule, and what
+    happens to it (the message of Model.quantize's warning too)."""
+    path = getattr(layer, "path", None) or layer.name
+    what = type(layer).__name__
+    if kernel is not None:
+        what = f"{what}, its {kernel}"
+    return (
+        f"Layer '{path}' ({what}, feedback={layer.feedback.name!r}) is left "
+        "unquantized: keras_fa layers keep the full-precision kernel, which "
+        "their feedback rule's backward pass needs. (model.quantize(...) "
+        "quantizes the model's other layers only.)"
+    )
+
+
+def _get_object(name, identifier, module):
+    """Returns `module.get(identifier)` (a Keras regularizer or constraint),
+    or raises a ValueError naming the argument `name`."""
+    try:
+        value = module.get(identifier)
+    except (ValueError, TypeError) as error:
+        value = error
+    if identifier is not None and (value is None or not callable(value)):
+        kind = module.__name__.rsplit(".", 1)[-1][:-1]
+        raise ValueError(
+            f"`{name}` must be None, the name of a Keras {kind}, a config "
+            f"dict, or a callable. Received: {name}={identifier!r}"
+        )
+    return value
 
 
 class FeedbackKernel(FeedbackMixin, keras.layers.Layer):
@@ -275,6 +312,22 @@ class FeedbackKernel(FeedbackMixin, keras.layers.Layer):
         constraint=None,
         **kwargs,
     ):
+        if not isinstance(owner, keras.layers.Layer):
+            raise TypeError(
+                "`owner` must be the keras.layers.Layer that holds the "
+                f"kernel. Received: owner={owner!r} of type "
+                f"{type(owner).__name__}"
+            )
+        if not isinstance(kernel_name, str):
+            raise TypeError(
+                "`kernel_name` must be a str: the name of the attribute of "
+                f"`owner` that is the kernel. Received: "
+                f"kernel_name={kernel_name!r}"
+            )
+        regularizer = _get_object(
+            "regularizer", regularizer, keras.regularizers
+        )
+        constraint = _get_object("constraint", constraint, keras.constraints)
         super().__init__(**kwargs)
         # A weak reference: the owner tracks this layer, not the reverse.
         self._owner = weakref.ref(owner)
@@ -306,6 +359,13 @@ class FeedbackKernel(FeedbackMixin, keras.layers.Layer):
 
     def _num_base_entries(self):
         return 0
+
+    def quantize(self, *args, **kwargs):
+        """Not supported: raises a NotImplementedError that names the layer
+        that owns the kernel (`keras.Model.quantize` warns with it)."""
+        raise NotImplementedError(
+            _quantize_message(self._owner(), kernel=self.kernel_name)
+        )
 
     def get_config(self):
         raise NotImplementedError(
@@ -342,7 +402,4 @@ class CompositeFeedbackMixin:
 
     def quantize(self, *args, **kwargs):
         """Not supported: feedback layers keep full-precision kernels."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not support quantization: its "
-            "backward pass needs the full-precision kernels."
-        )
+        raise NotImplementedError(_quantize_message(self))
