@@ -34,16 +34,6 @@ from tests import _errors_table as table
 _KEEP = "a file of the user's\n"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_keras_state():
-    """conftest's, without freeing memory: its gc.collect (and jax's cache
-    clearing) would cost more than most rows, which build nothing large."""
-    keras.backend.clear_session(free_memory=False)
-    keras.utils.set_random_seed(1234)
-    yield
-    keras.config.set_dtype_policy("float32")
-
-
 class Context:
     """What a row's call gets: a fresh directory, monkeypatch, and ways to
     forbid work and to run a script."""
