@@ -14,6 +14,8 @@ Everything else in keras_fa is written with `keras.ops`. Two things cannot be:
 - `preserve_random_state`: replays the global random state (torch's
   unseeded dropout uses it) so both passes of a measurement see the same
   masks and training does not see the measurement.
+- `sync_state`: writes back the values `model.fit` keeps outside the
+  variables during an epoch (jax), before they are read.
 - `STATELESS_OPTIMIZER`: whether a compiled training loop must apply the
   optimizer to values and write them back (jax) or may update variables in
   place (tensorflow, torch).
@@ -35,6 +37,7 @@ if _BACKEND == "tensorflow":
     from keras_fa.backend.tensorflow import depthwise_conv_backward
     from keras_fa.backend.tensorflow import needs_gradient
     from keras_fa.backend.tensorflow import preserve_random_state
+    from keras_fa.backend.tensorflow import sync_state
     from keras_fa.backend.tensorflow import value_and_grad
 elif _BACKEND == "jax":
     from keras_fa.backend.jax import STATELESS_OPTIMIZER
@@ -45,6 +48,7 @@ elif _BACKEND == "jax":
     from keras_fa.backend.jax import depthwise_conv_backward
     from keras_fa.backend.jax import needs_gradient
     from keras_fa.backend.jax import preserve_random_state
+    from keras_fa.backend.jax import sync_state
     from keras_fa.backend.jax import value_and_grad
 elif _BACKEND == "torch":
     from keras_fa.backend.torch import STATELESS_OPTIMIZER
@@ -55,6 +59,7 @@ elif _BACKEND == "torch":
     from keras_fa.backend.torch import depthwise_conv_backward
     from keras_fa.backend.torch import needs_gradient
     from keras_fa.backend.torch import preserve_random_state
+    from keras_fa.backend.torch import sync_state
     from keras_fa.backend.torch import value_and_grad
 else:
     raise ImportError(
@@ -72,5 +77,6 @@ __all__ = [
     "depthwise_conv_backward",
     "needs_gradient",
     "preserve_random_state",
+    "sync_state",
     "value_and_grad",
 ]

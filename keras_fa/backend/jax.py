@@ -88,6 +88,13 @@ def after(x, dependencies):
 STATELESS_OPTIMIZER = True
 
 
+def sync_state(model):
+    """Writes the values `model.fit` holds outside the variables back into
+    them (jax keeps them apart during an epoch)."""
+    if hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+
+
 def value_and_grad(fn, diff_args, *args):
     """Returns `(value, aux, grads)` of `value, aux = fn(diff_args, *args)`;
     `grads` has the structure of `diff_args`."""

@@ -318,6 +318,11 @@ def after(x, dependencies):
 STATELESS_OPTIMIZER = False
 
 
+def sync_state(model):
+    """Nothing to do: the variables hold their values during `model.fit`."""
+    del model
+
+
 def value_and_grad(fn, diff_args, *args):
     """Returns `(value, aux, grads)` of `value, aux = fn(diff_args, *args)`;
     `grads` has the structure of `diff_args`, zeros where unconnected.
