@@ -15,6 +15,8 @@ import tempfile
 
 import keras
 
+from keras_fa.files import output_problem
+
 
 def write_atomic(path, text):
     """Writes `text` (str or bytes) to `path` through a temporary file and a
@@ -213,44 +215,6 @@ def jit_compile(text):
         raise argparse.ArgumentTypeError(
             f"must be one of {', '.join(JIT_COMPILE)}, got {text!r}"
         ) from None
-
-
-def output_problem(path, directory=False, name="it"):
-    """Returns what keeps `path` from being written, or None. Writes
-    nothing.
-
-    `path` is a file to write (replacing one there), or with `directory` a
-    directory to write into. Whatever is missing of it and its parents
-    must be creatable (`write_atomic` and `os.makedirs` create them): the
-    nearest existing parent must be a writable directory, not a file. An
-    existing `path` must be a file (a directory with `directory`) and
-    writable, and a file's directory writable (`write_atomic` replaces it
-    through a temporary file there). The returned text calls `path` itself
-    `name` ("it is a file, not a directory") and its parents by their
-    absolute paths.
-    """
-    path = os.path.abspath(path)
-    if os.path.lexists(path):
-        if directory and not os.path.isdir(path):
-            return f"{name} is a file, not a directory"
-        if not directory and os.path.isdir(path):
-            return f"{name} is a directory, not a file"
-        if not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
-            return f"{name} is not writable"
-        if directory:
-            return None
-        parent = os.path.dirname(path)
-        if not os.access(parent, os.W_OK | os.X_OK):
-            return f"{name} cannot be replaced: {parent} is not writable"
-        return None
-    parent = os.path.dirname(path)
-    while not os.path.lexists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return f"{parent} is a file, not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{path} cannot be created: {parent} is not writable"
-    return None
 
 
 def check_output_path(parser, flag, path, directory=False):

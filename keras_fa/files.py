@@ -60,3 +60,41 @@ def write_atomic(path, data):
         )
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
+
+
+def output_problem(path, directory=False, name="it"):
+    """Returns what keeps `path` from being written, or None. Writes
+    nothing.
+
+    `path` is a file to write (replacing one there), or with `directory` a
+    directory to write into. Whatever is missing of it and its parents
+    must be creatable (`atomic_open` creates them): the
+    nearest existing parent must be a writable directory, not a file. An
+    existing `path` must be a file (a directory with `directory`) and
+    writable, and a file's directory writable (`atomic_open` replaces it
+    through a temporary file there). The returned text calls `path` itself
+    `name` ("it is a file, not a directory") and its parents by their
+    absolute paths.
+    """
+    path = os.path.abspath(path)
+    if os.path.lexists(path):
+        if directory and not os.path.isdir(path):
+            return f"{name} is a file, not a directory"
+        if not directory and os.path.isdir(path):
+            return f"{name} is a directory, not a file"
+        if not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
+            return f"{name} is not writable"
+        if directory:
+            return None
+        parent = os.path.dirname(path)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"{name} cannot be replaced: {parent} is not writable"
+        return None
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} cannot be created: {parent} is not writable"
+    return None
