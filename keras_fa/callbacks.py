@@ -6,31 +6,25 @@ add to the logs (e.g. `ReduceLROnPlateau`), put them before the callbacks that
 read the logs in the `callbacks` list.
 """
 
-import numbers
 import warnings
 
 import keras
 
 from keras_fa import alignment as alignment_lib
-from keras_fa.training import append_row
+from keras_fa import backend
+from keras_fa._validation import check_positive_integer
+from keras_fa._validation import check_probe_data
+from keras_fa._validation import check_real
+from keras_fa.history import append_row
 
 _ACTIONS = ("warn", "stop", None)
 
 
 def _check_every(every):
+    # A number of training steps, or None: only at the end of each epoch.
     if every is None:
         return None
-    if (
-        isinstance(every, bool)
-        or not isinstance(every, numbers.Integral)
-        or every < 1
-    ):
-        raise ValueError(
-            "`every` must be a positive integer (a number of training "
-            "steps) or None (only at the end of each epoch). Received: "
-            f"every={every!r}"
-        )
-    return int(every)
+    return check_positive_integer("every", every)
 
 
 def _check_measures(measures, allowed):
@@ -52,19 +46,10 @@ def _check_measures(measures, allowed):
 
 
 def _check_tolerance(tolerance):
+    # The largest per-neuron drift accepted, or None: no check.
     if tolerance is None:
         return None
-    if (
-        isinstance(tolerance, bool)
-        or not isinstance(tolerance, numbers.Real)
-        or not tolerance > 0
-    ):
-        raise ValueError(
-            "`tolerance` must be a positive number (the largest per-neuron "
-            "drift accepted) or None (no check). Received: "
-            f"tolerance={tolerance!r}"
-        )
-    return float(tolerance)
+    return check_real("tolerance", tolerance, minimum=0, exclusive=True)
 
 
 class _MeasureCallback(keras.callbacks.Callback):
@@ -108,10 +93,9 @@ class _MeasureCallback(keras.callbacks.Callback):
     def _iterations(self):
         # On jax, model.fit keeps the optimizer's state outside the model
         # during an epoch; a sync brings it back (a measurement does too).
-        model = self.model
-        if hasattr(model, "jax_state_sync"):
-            model.jax_state_sync()
-        return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        backend.sync_state(self.model)
+        iterations = self.model.optimizer.iterations
+        return int(keras.ops.convert_to_numpy(iterations))
 
     def _ensure_built(self):
         """Builds the model if it can; returns whether it is built."""
@@ -136,7 +120,7 @@ class _MeasureCallback(keras.callbacks.Callback):
         if (
             self.alignment is None
             or self.alignment.model is not self.model
-            or not self.alignment._is_current()
+            or not self.alignment.is_current()
         ):
             self.alignment = alignment_lib.Alignment(self.model)
         self.conservation_status = self.alignment.conservation_status
@@ -229,7 +213,7 @@ class AlignmentCallback(_MeasureCallback):
 
     def __init__(self, probe_data, every=None, measures=None):
         super().__init__(every, measures, alignment_lib.MEASURES)
-        self.probe_data = alignment_lib.check_probe_data(probe_data)
+        self.probe_data = check_probe_data(probe_data)
 
     def _ensure_built(self):
         if not self.model.built:

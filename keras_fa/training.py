@@ -1,140 +1,35 @@
 """A training loop that records alignment at every step."""
 
 import math
-import numbers
 import time
 import warnings
 
 import keras
 import numpy as np
 
-from keras_fa import alignment as alignment_lib
+from keras_fa import alignment
+from keras_fa._validation import check_bool
+from keras_fa._validation import check_data
+from keras_fa._validation import check_labels
+from keras_fa._validation import check_positive_integer
+from keras_fa._validation import check_probe_data
+from keras_fa._validation import check_seed
+from keras_fa.history import AlignmentHistory
 
 _DATA_MEASURES = ("signal_angle", "update_angle")
-# Columns of `AlignmentHistory.steps` that count: ints, not floats.
-_COUNTS = ("step", "epoch")
 _ARRAYS_ONLY = (
     "keras_fa.train takes arrays; to record alignment while training on a "
     "data set, use model.fit(dataset, callbacks=["
     "keras_fa.callbacks.AlignmentCallback(probe_data)])."
 )
+# A warning of a step names the caller of `train`: _Loop._step,
+# _Loop.epoch and train stand in between.
+_STACKLEVEL = 4
+# What `AlignmentHistory.params` holds.
+_PARAMS = ("epochs", "batch_size", "every", "weights_every", "steps_per_epoch")
 
 
-class AlignmentHistory:
-    """What `keras_fa.train` returns: the training record, per epoch and per
-    step.
-
-    Attributes:
-        history: dict like `keras.callbacks.History.history`: each key (loss,
-            metrics, `val_*`, and `"<layer>/<measure>"` alignment measures at
-            the end of each epoch) maps to a list with one value per epoch.
-        steps: dict mapping each key to one value per training step, with
-            the step numbers of this call (ints, from 1) under `"step"` and
-            the epoch (an int) under `"epoch"`. Measures taken only every
-            few steps hold NaN in between.
-        epoch: the list of epoch indices.
-        conservation_status: `{kernel: "holds" or "not applicable:
-            <reason>"}`: the kernels with conservation measures, and why the
-            others have none (see `keras_fa.alignment`).
-        params: the loop's arguments.
-        model: the trained model.
-    """
-
-    def __init__(self, model, params):
-        self.model = model
-        self.params = params
-        self.history = {}
-        self.steps = {}
-        self.epoch = []
-        self.conservation_status = {}
-
-    def plot(self, directory, **kwargs):
-        """Writes PNG figures of this history; see
-        `keras_fa.plot_alignment`. Returns the paths written."""
-        from keras_fa.plotting import plot_alignment
-
-        return plot_alignment(self, directory, **kwargs)
-
-    def _append(self, table, row):
-        append_row(
-            table,
-            {
-                key: value if key in _COUNTS else float(value)
-                for key, value in row.items()
-            },
-        )
-
-    def __repr__(self):
-        return (
-            f"AlignmentHistory(epochs={len(self.epoch)}, "
-            f"steps={len(self.steps.get('step', []))}, "
-            f"keys={sorted(self.history)})"
-        )
-
-
-def append_row(table, row):
-    """Appends `row` to a table of equal-length columns (a dict of lists),
-    padding with NaN the columns the row lacks and the past of new ones."""
-    length = len(next(iter(table.values()))) if table else 0
-    for key, value in row.items():
-        table.setdefault(key, [math.nan] * length).append(value)
-    for column in table.values():
-        if len(column) == length:
-            column.append(math.nan)
-
-
-def _batches(n, batch_size, shuffle, rng):
-    order = rng.permutation(n) if shuffle else np.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
-
-
-def _take(data, index):
-    def take(array):
-        if isinstance(array, np.ndarray):
-            return array[index]
-        # A tf.Tensor takes no array of indices.
-        return keras.ops.take(array, index, axis=0)
-
-    return keras.tree.map_structure(take, data)
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if allow_none and value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer"
-            f"{' or None' if allow_none else ''}. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def _check_options(shuffle, seed, verbose):
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise ValueError(
-            f"`shuffle` must be True or False. Received: shuffle={shuffle!r}"
-        )
-    if seed is not None and (
-        isinstance(seed, bool)
-        or not isinstance(seed, numbers.Integral)
-        or seed < 0
-    ):
-        raise ValueError(
-            "`seed` must be a non-negative integer or None. Received: "
-            f"seed={seed!r}"
-        )
-    if isinstance(verbose, bool) or verbose not in (0, 1):
-        raise ValueError(
-            "`verbose` must be 0 (silent) or 1 (a progress bar). Received: "
-            f"verbose={verbose!r}"
-        )
-
-
+# long: its public docstring is 60 lines; the body is 25, in named steps.
 def train(
     model,
     x,
@@ -211,23 +106,72 @@ def train(
     >>> record.steps["fa_dense/update_angle"][:20:10]
     >>> record.plot("figures")
     """
+    options = _check_options(
+        model, epochs, batch_size, every, weights_every, shuffle, seed, verbose
+    )
+    batch_size = options["batch_size"]
+    data = (x, y, sample_weight)
+    n = check_data(*data, hint=_ARRAYS_ONLY)
+    if probe_data is not None:
+        probe_data = check_probe_data(probe_data, allow_none=True)
+    if validation_data is not None:
+        validation_data = check_probe_data(
+            validation_data, name="validation_data", allow_none=True
+        )
+    meter = _check_model(
+        model, data, (n, batch_size), probe_data, validation_data
+    )
+    options["steps_per_epoch"] = math.ceil(n / batch_size)
+    record = AlignmentHistory(model, {key: options[key] for key in _PARAMS})
+    record.conservation_status = meter.conservation_status
+    meter.reset_reference()
+    loop = _Loop(meter, record, data, probe_data, validation_data, options)
+    for epoch in range(options["epochs"]):
+        loop.epoch(epoch, n)
+        if loop.stopped:
+            break
+    return record
+
+
+# -- checking the arguments ---------------------------------------------------
+
+
+def _check_options(
+    model, epochs, batch_size, every, weights_every, shuffle, seed, verbose
+):
+    # The arguments that are not data, checked in the order of the
+    # signature, as a dict.
     if not getattr(model, "compiled", False):
         raise ValueError(
             "keras_fa.train needs a compiled model: call "
             "model.compile(optimizer, loss, metrics) first."
         )
-    epochs = _check_positive_int("epochs", epochs)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    every = _check_positive_int("every", every, allow_none=True)
-    weights_every = _check_positive_int("weights_every", weights_every)
-    _check_options(shuffle, seed, verbose)
-    n = alignment_lib.check_data(x, y, sample_weight, hint=_ARRAYS_ONLY)
-    if probe_data is not None:
-        probe_data = alignment_lib.check_probe_data(probe_data, allow_none=True)
-    if validation_data is not None:
-        validation_data = alignment_lib.check_probe_data(
-            validation_data, name="validation_data", allow_none=True
+    options = {
+        "epochs": check_positive_integer("epochs", epochs),
+        "batch_size": check_positive_integer("batch_size", batch_size),
+        "every": None
+        if every is None
+        else check_positive_integer("every", every),
+        "weights_every": check_positive_integer("weights_every", weights_every),
+        "shuffle": check_bool("shuffle", shuffle),
+        "seed": None if seed is None else check_seed("seed", seed),
+    }
+    if isinstance(verbose, bool) or verbose not in (0, 1):
+        raise ValueError(
+            "`verbose` must be 0 (silent) or 1 (a progress bar). Received: "
+            f"verbose={verbose!r}"
         )
+    options["verbose"] = int(verbose)
+    return options
+
+
+def _check_model(model, data, sizes, probe_data, validation_data):
+    """Checks that the model and its loss take a batch of each data set
+    (`sizes`: the number of examples and the batch size), and that all
+    their labels are classes of the model's output; returns the model's
+    meter."""
+    x, y, sample_weight = data
+    n, batch_size = sizes
     head = np.arange(min(n, batch_size))
     first = _take(x, head)
     if not model.built:
@@ -236,16 +180,14 @@ def train(
         except Exception as error:
             raise ValueError(f"The model cannot take `x`: {error}") from error
     # One meter per model: its compiled functions serve every call.
-    meter = alignment_lib._meter(model)
-    # The model and its loss take a batch of each data set, and all their
-    # labels are classes of the model's output.
+    meter = alignment.meter(model)
     meter.check_batch(
         first,
         _take(y, head),
         None if sample_weight is None else _take(sample_weight, head),
     )
-    outputs = meter._output_spec(first)
-    alignment_lib._check_labels(model, y, outputs)
+    outputs = meter.output_shapes(first)
+    check_labels(model, y, outputs)
     if probe_data is not None:
         meter.check_batch(*probe_data, name="probe_data")
     if validation_data is not None:
@@ -255,101 +197,143 @@ def train(
             *(_take(part, head) for part in validation_data),
             name="validation_data",
         )
-        alignment_lib._check_labels(
-            model, validation_data[1], outputs, name="validation_data"
-        )
-    record = AlignmentHistory(
-        model,
-        {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "every": every,
-            "weights_every": weights_every,
-            "steps_per_epoch": math.ceil(n / batch_size),
-        },
-    )
-    rng = np.random.default_rng(seed)
-    hidden = meter.layer_names[:-1]  # the output layer's angles are 0
-    record.conservation_status = meter.conservation_status
-    meter.reset_reference()
-    step = 0
-    stopped = False
-    for epoch in range(epochs):
-        record.epoch.append(epoch)
-        progbar = (
-            keras.utils.Progbar(
-                record.params["steps_per_epoch"],
-                stateful_metrics=["update_angle"],
-            )
-            if verbose
-            else None
-        )
-        if verbose:
-            print(f"Epoch {epoch + 1}/{epochs}")
-        totals, count, angle = {}, 0, math.nan
+        check_labels(model, validation_data[1], outputs, name="validation_data")
+    return meter
+
+
+# -- the loop -----------------------------------------------------------------
+
+
+def _batches(n, batch_size, shuffle, rng):
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def _take(data, index):
+    def take(array):
+        if isinstance(array, np.ndarray):
+            return array[index]
+        # A tf.Tensor takes no array of indices.
+        return keras.ops.take(array, index, axis=0)
+
+    return keras.tree.map_structure(take, data)
+
+
+class _Loop:
+    """The epochs of one `train` call: its steps, their measurements and
+    the records. `stopped` turns True after a non-finite loss."""
+
+    def __init__(self, meter, record, data, probe_data, validation_data, opts):
+        self.meter = meter
+        self.model = meter.model
+        self.record = record
+        self.data = data
+        self.probe_data = probe_data
+        self.validation_data = validation_data
+        self.options = opts
+        self.rng = np.random.default_rng(opts["seed"])
+        self.hidden = meter.layer_names[:-1]  # the output layer's angles are 0
+        self.step = 0
+        self.stopped = False
+        self.angle = math.nan
+
+    def epoch(self, epoch, n):
+        """Trains on every batch once, then records the epoch."""
+        options = self.options
+        self.record.epoch.append(epoch)
+        progbar = self._progbar(epoch)
+        totals, count, self.angle = {}, 0, math.nan
         start = time.perf_counter()
-        for index in _batches(n, batch_size, shuffle, rng):
-            xb, yb = _take(x, index), _take(y, index)
-            sw = None if sample_weight is None else _take(sample_weight, index)
-            row = {}
-            if every is not None and step % every == 0:
-                probe = probe_data or (xb, yb)
-                values = meter.measure(*probe)
-                row.update(_only(values, _DATA_MEASURES))
-                angle = _mean_angle(values, hidden)
-            # train_on_batch resets the metrics: logs are this batch's.
-            logs = model.train_on_batch(xb, yb, sw, return_dict=True)
-            step += 1
-            loss = float(logs.get("loss", 0.0))
-            if not math.isfinite(loss):
-                warnings.warn(
-                    f"keras_fa.train: the loss is {loss} at step {step} "
-                    f"(epoch {epoch}): training stops after this epoch's "
-                    "record, as keras.callbacks.TerminateOnNaN stops "
-                    "model.fit. Check the data, or lower the learning rate.",
-                    stacklevel=2,
-                )
-                stopped = True
-            if step % weights_every == 0:
-                row.update(meter.weights())
-            row.update({k: float(v) for k, v in logs.items()})
-            record._append(record.steps, {"step": step, "epoch": epoch, **row})
+        for index in _batches(
+            n, options["batch_size"], options["shuffle"], self.rng
+        ):
+            batch = [
+                None if part is None else _take(part, index)
+                for part in self.data
+            ]
+            logs = self._step(batch, epoch)
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + float(value) * len(index)
             count += len(index)
             if progbar is not None:
-                shown = [(k, float(v)) for k, v in logs.items()]
-                if not math.isnan(angle):
-                    shown.append(("update_angle", angle))
-                progbar.update(
-                    math.ceil(count / batch_size), shown, finalize=False
-                )
-            if stopped:
+                self._show_step(progbar, logs, count)
+            if self.stopped:
                 break
         epoch_logs = {key: total / count for key, total in totals.items()}
-        probe = probe_data or (xb, yb)
-        epoch_logs.update(meter.measure(*probe))
-        if validation_data is not None:
-            val = model.evaluate(
-                *validation_data,
-                batch_size=batch_size,
+        self._end_epoch(epoch_logs, batch, start, progbar)
+
+    def _step(self, batch, epoch):
+        # Measures (every `every` steps), trains on the batch, records.
+        xb, yb, sw = batch
+        every = self.options["every"]
+        row = {}
+        if every is not None and self.step % every == 0:
+            values = self.meter.measure(*(self.probe_data or (xb, yb)))
+            row.update(_only(values, _DATA_MEASURES))
+            self.angle = _mean_angle(values, self.hidden)
+        # train_on_batch resets the metrics: logs are this batch's.
+        logs = self.model.train_on_batch(xb, yb, sw, return_dict=True)
+        self.step += 1
+        loss = float(logs.get("loss", 0.0))
+        if not math.isfinite(loss):
+            warnings.warn(
+                f"keras_fa.train: the loss is {loss} at step {self.step} "
+                f"(epoch {epoch}): training stops after this epoch's "
+                "record, as keras.callbacks.TerminateOnNaN stops "
+                "model.fit. Check the data, or lower the learning rate.",
+                stacklevel=_STACKLEVEL,
+            )
+            self.stopped = True
+        if self.step % self.options["weights_every"] == 0:
+            row.update(self.meter.weights())
+        row.update({k: float(v) for k, v in logs.items()})
+        self.record._append(
+            self.record.steps, {"step": self.step, "epoch": epoch, **row}
+        )
+        return logs
+
+    def _end_epoch(self, epoch_logs, batch, start, progbar):
+        # Every measure on the probe (or the last batch), the validation.
+        xb, yb, _ = batch
+        epoch_logs.update(self.meter.measure(*(self.probe_data or (xb, yb))))
+        if self.validation_data is not None:
+            val = self.model.evaluate(
+                *self.validation_data,
+                batch_size=self.options["batch_size"],
                 verbose=0,
                 return_dict=True,
             )
             epoch_logs.update({f"val_{k}": float(v) for k, v in val.items()})
         epoch_logs["time"] = time.perf_counter() - start
-        record._append(record.history, epoch_logs)
+        self.record._append(self.record.history, epoch_logs)
         if progbar is not None:
-            # Running means of the training metrics are already shown.
-            shown = [
-                (k, v) for k, v in epoch_logs.items() if k.startswith("val_")
-            ]
-            progbar.stateful_metrics.update(k for k, _ in shown)
-            shown.append(("update_angle", _mean_angle(epoch_logs, hidden)))
-            progbar.update(record.params["steps_per_epoch"], shown, True)
-        if stopped:
-            break
-    return record
+            self._show_epoch(progbar, epoch_logs)
+
+    # -- the progress bar -----------------------------------------------------
+
+    def _progbar(self, epoch):
+        if not self.options["verbose"]:
+            return None
+        progbar = keras.utils.Progbar(
+            self.options["steps_per_epoch"], stateful_metrics=["update_angle"]
+        )
+        print(f"Epoch {epoch + 1}/{self.options['epochs']}")
+        return progbar
+
+    def _show_step(self, progbar, logs, count):
+        shown = [(k, float(v)) for k, v in logs.items()]
+        if not math.isnan(self.angle):
+            shown.append(("update_angle", self.angle))
+        batch_size = self.options["batch_size"]
+        progbar.update(math.ceil(count / batch_size), shown, finalize=False)
+
+    def _show_epoch(self, progbar, epoch_logs):
+        # Running means of the training metrics are already shown.
+        shown = [(k, v) for k, v in epoch_logs.items() if k.startswith("val_")]
+        progbar.stateful_metrics.update(k for k, _ in shown)
+        shown.append(("update_angle", _mean_angle(epoch_logs, self.hidden)))
+        progbar.update(self.options["steps_per_epoch"], shown, True)
 
 
 def _only(values, measures):

@@ -18,10 +18,16 @@ import numpy as np
 import pytest
 
 import keras_fa
+from keras_fa import alignment
+from keras_fa import backend
 from keras_fa.alignment import MEASURES
 from keras_fa.alignment import Alignment
 from keras_fa.callbacks import AlignmentCallback
 from keras_fa.callbacks import ConservationMonitor
+from tests._alignment_models import ANGLES
+from tests._alignment_models import image_data
+from tests._alignment_models import kernel_units
+from tests._alignment_models import layers_model
 from tests.conftest import BACKEND
 
 CONSERVATION = ("conservation", "conservation_drift", "conservation_drift_max")
@@ -254,8 +260,7 @@ class _Iterations(keras.callbacks.Callback):
         self.seen = []
 
     def on_train_batch_end(self, batch, logs=None):
-        if hasattr(self.model, "jax_state_sync"):
-            self.model.jax_state_sync()
+        backend.sync_state(self.model)
         self.seen.append(int(self.model.optimizer.iterations))
 
 
@@ -498,19 +503,19 @@ def test_bad_arguments_name_what_is_allowed():
     cases = [
         (
             lambda: ConservationMonitor(tolerance="big"),
-            r"`tolerance` must be a positive number .*tolerance='big'",
+            r"`tolerance` must be a finite positive number\. .*tolerance='big'",
         ),
         (
             lambda: ConservationMonitor(tolerance=math.nan),
-            "`tolerance` must be a positive number",
+            "`tolerance` must be a finite positive number",
         ),
         (
             lambda: ConservationMonitor(tolerance=True),
-            "`tolerance` must be a positive number",
+            "`tolerance` must be a finite positive number",
         ),
         (
             lambda: ConservationMonitor(every="a"),
-            r"`every` must be a positive integer .*every='a'",
+            r"`every` must be a positive integer\. .*every='a'",
         ),
         (
             lambda: AlignmentCallback(probe, every=1.0),
@@ -799,3 +804,44 @@ def test_direct_feedback_model_is_measured():
         steps = align.steps[f"{layer}/update_angle"]
         assert len(steps) == len(align.steps["step"]) == 5
     assert max(history.history["dense_out/update_angle"]) < 1e-2
+
+
+# -- every layer type -------------------------------------------------------
+
+
+def test_callbacks_report_where_conservation_is_not_applicable():
+    # One attention layer: the callbacks compile their own measures.
+    model = layers_model("fa", attention=1)
+    kernels = list(kernel_units(model))
+    x, y = image_data(n=12)
+    align = keras_fa.callbacks.AlignmentCallback((x[:6], y[:6]), every=1)
+    monitor = keras_fa.callbacks.ConservationMonitor()
+    with pytest.warns(UserWarning, match="does not watch") as caught:
+        history = model.fit(
+            x, y, batch_size=6, epochs=1, callbacks=[align, monitor], verbose=0
+        )
+    [message] = [
+        str(w.message) for w in caught if "does not watch" in str(w.message)
+    ]
+    status = alignment.Alignment(model).conservation_status
+    assert align.conservation_status == monitor.conservation_status == status
+    for name, reason in status.items():
+        if reason not in (alignment.HOLDS, alignment.OUTPUT_KERNEL):
+            assert f"'{name}': {reason.split(': ', 1)[1]}" in message
+    assert "'fa_dense'" not in message
+    for name in kernels:
+        for measure in ("weight_angle", "norm_ratio", *ANGLES[1:]):
+            values = history.history[f"{name}/{measure}"]
+            assert len(values) == 1 and math.isfinite(values[0]), name
+        assert len(align.steps[f"{name}/update_angle"]) == 3
+        conserved = f"{name}/conservation_drift_max" in history.history
+        assert conserved == (status[name] == alignment.HOLDS), name
+    assert [k for k in monitor.history if k != "epoch"] == [
+        f"{name}/{measure}"
+        for name in kernels[:3]
+        for measure in (
+            "conservation",
+            "conservation_drift",
+            "conservation_drift_max",
+        )
+    ]

@@ -15,7 +15,10 @@ import pytest
 
 import keras_fa
 from keras_fa.alignment import MEASURES
+from keras_fa.alignment import OUTPUT_KERNEL
 from keras_fa.alignment import Alignment
+from tests._alignment_models import mlp
+from tests._alignment_models import mlp_data
 
 GRADIENT_MEASURES = ("signal_angle", "update_angle")
 WEIGHT_MEASURES = tuple(m for m in MEASURES if m not in GRADIENT_MEASURES)
@@ -382,12 +385,16 @@ def test_bad_arguments_name_what_is_allowed():
         ({"epochs": 0}, "`epochs` must be a positive integer"),
         ({"epochs": 1.5}, "`epochs` must be a positive integer"),
         ({"batch_size": -1}, "`batch_size` must be a positive integer"),
-        ({"every": 0}, "`every` must be a positive integer or None"),
-        ({"every": True}, "`every` must be a positive integer or None"),
+        ({"every": 0}, "`every` must be a positive integer"),
+        ({"every": True}, "`every` must be a positive integer"),
         ({"epochs": "2"}, "`epochs` must be a positive integer.*epochs='2'"),
         ({"weights_every": "a"}, "`weights_every` must be a positive"),
-        ({"seed": "a"}, "`seed` must be a non-negative integer.*seed='a'"),
-        ({"seed": 1.5}, "`seed` must be a non-negative integer"),
+        (
+            {"seed": "a"},
+            r"`seed` must be an integer in \[0, 2\*\*32\).*seed='a'",
+        ),
+        ({"seed": -1}, r"`seed` must be an integer in \[0, 2\*\*32\)"),
+        ({"seed": 1.5}, "`seed` must be an integer in"),
         ({"shuffle": "batch"}, "`shuffle` must be True or False"),
         ({"validation_data": x[:8]}, "`validation_data` must be a tuple"),
         (
@@ -495,6 +502,8 @@ def test_non_finite_loss_stops_training_with_a_warning():
     # Stopped at the first non-finite loss, in the first of 3 epochs.
     assert f"at step {step} (epoch 0)" in str(warning.message)
     assert "TerminateOnNaN" in str(warning.message)
+    # The warning points at the caller of keras_fa.train.
+    assert warning.filename == __file__
     assert step < 6 and not math.isfinite(losses[-1])
     assert all(math.isfinite(v) for v in losses[:-1])
     assert record.steps["step"] == list(range(1, step + 1))
@@ -519,3 +528,18 @@ def test_weights_every_thins_the_weight_record():
     assert recorded == [False, False, True, False, False, True]
     with pytest.raises(ValueError, match="`weights_every` must be"):
         keras_fa.train(_model(), x[:32], y[:32], weights_every=0)
+
+
+def test_train_records_the_conservation_status():
+    model = mlp("fa")
+    x, y = mlp_data()
+    record = keras_fa.train(model, x, y, batch_size=12, every=None, verbose=0)
+    assert record.conservation_status == Alignment(model).conservation_status
+    names = [layer.name for layer in model.layers]
+    assert list(record.conservation_status.values()) == [
+        "holds",
+        "holds",
+        OUTPUT_KERNEL,
+    ]
+    assert f"{names[0]}/conservation" in record.history
+    assert f"{names[2]}/conservation" not in record.history
