@@ -28,9 +28,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.neural_network import MLPRegressor
 
 import keras_fa
-from keras_fa import estimators
-
-BACKEND = keras.backend.backend()
+from keras_fa import engine
+from keras_fa.estimators import network
 
 
 def _data(n=50, features=6, classes=3, seed=0):
@@ -245,7 +244,7 @@ def _feedback_matrices(estimator, rule):
         return _values(head.feedback_kernels)
     return [
         keras.ops.convert_to_numpy(layer.feedback_kernel)
-        for layer in estimators._kernel_layers(estimator.model_)
+        for layer in network.kernel_layers(estimator.model_)
     ]
 
 
@@ -365,20 +364,6 @@ def test_penalty_applies_to_forward_kernels_only():
     assert np.allclose(_feedback_matrices(est, "kp")[0], feedback_before[0])
 
 
-def test_batches_cover_every_example_once():
-    """`_batches` pads the last batch with a zero-weight row and scales
-    weights so each batch's weighted mean equals scikit-learn's."""
-    order = np.array([4, 0, 3, 1, 2])
-    weight = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
-    index, w, norm, count = estimators._batches(order, weight, 2, pad_row=5)
-    np.testing.assert_array_equal(index, [[4, 0], [3, 1], [2, 5]])
-    np.testing.assert_allclose(count, [2, 2, 1])
-    np.testing.assert_allclose(norm, [6.0, 6.0, 3.0])
-    np.testing.assert_allclose(w.sum(axis=1), [2.0, 2.0, 2.0])
-    np.testing.assert_allclose(w[2], [2.0, 0.0])
-    np.testing.assert_allclose(w[0], [5 * 2 / 6, 1 * 2 / 6], rtol=1e-6)
-
-
 def test_shared_compiled_functions_change_nothing():
     """Networks of one structure share compiled functions (on jax): a fit
     after another of the same structure gives what it gives alone, and its
@@ -395,11 +380,9 @@ def test_shared_compiled_functions_change_nothing():
                 random_state=random_state, **params
             ).fit(X, y)
 
-    estimators._COMPILED.clear()
-    keras_fa.alignment._SHARED.clear()
+    engine.clear_cache()
     alone = fit(1)
-    estimators._COMPILED.clear()
-    keras_fa.alignment._SHARED.clear()
+    engine.clear_cache()
     fit(0)
     after = fit(1)
     for a, b in zip(alone.coefs_, after.coefs_):
@@ -416,53 +399,3 @@ def test_shared_compiled_functions_change_nothing():
     )
     angles = [v for k, v in shared.items() if k.endswith("update_angle")]
     assert angles and angles[0] > 1.0  # fa: not backprop
-
-
-def test_scikit_learn_is_optional():
-    """Without scikit-learn, keras_fa imports and only the estimators fail,
-    with an error that says what to install."""
-    import os
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\n"
-        "sys.modules['sklearn'] = None\n"
-        "import keras_fa\n"
-        "keras_fa.FADense(3)\n"
-        "try:\n"
-        "    keras_fa.FAClassifier\n"
-        "except ImportError as error:\n"
-        "    print(error)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KERAS_BACKEND": BACKEND},
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "needs scikit-learn" in result.stdout
-    assert "keras_fa[sklearn]" in result.stdout
-
-
-def test_partial_fit_refuses_labels_outside_classes_before_training(
-    monkeypatch,
-):
-    """scikit-learn's MLPClassifier refuses them ("`y` has classes not in
-    `self.classes_`"); so does FAClassifier, at the first call, before it
-    trains."""
-
-    def train(*args, **kwargs):
-        raise AssertionError("training started")
-
-    monkeypatch.setattr(
-        estimators._FAMultilayerPerceptron, "_fit_stochastic", train
-    )
-    X = np.zeros((4, 3))
-    y = np.array([0, 1, 0, 1])
-    with pytest.raises(ValueError, match=r"classes=\[0\].*'y' has \[0 1\]"):
-        keras_fa.FAClassifier().partial_fit(X, y, classes=[0])
-    with pytest.raises(ValueError, match="not in"):
-        MLPClassifier().partial_fit(X, y, classes=[0])
