@@ -13,6 +13,7 @@ differ only in how they learn. The models output logits: compile them with a
 `from_logits=True` loss.
 """
 
+import collections
 import math
 
 import keras
@@ -22,7 +23,6 @@ from keras_fa import feedback as feedback_lib
 from keras_fa._validation import check_integer
 from keras_fa._validation import check_real
 from keras_fa._validation import is_integer
-from keras_fa.direct import DIRECT_RULES
 from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
 from keras_fa.direct import DirectFeedbackModel
@@ -30,24 +30,26 @@ from keras_fa.layers import FAConv1D
 from keras_fa.layers import FAConv2D
 from keras_fa.layers import FADense
 from keras_fa.layers import FAMultiHeadAttention
-from keras_fa.layers.base import reseeded
-from keras_fa.layers.base import standardize_seed
 from keras_fa.layers.einsum_dense import with_kernel_axes
+from keras_fa.seeding import layer_seed
+from keras_fa.seeding import reseeded
+from keras_fa.seeding import standardize_seed
 
 MODELS = ("mlp", "lenet", "resnet", "transformer")
 
 
 def rules():
-    """Returns every rule name the model builders accept."""
-    return sorted(set(feedback_lib.registered_names()) | set(DIRECT_RULES))
+    """Returns every rule name the model builders accept (an alias of
+    `keras_fa.feedback.names()`)."""
+    return feedback_lib.names()
 
 
 class _Network:
     """Makes the layers of one network: the rule, seeds, and taps."""
 
     def __init__(self, feedback, seed):
-        if isinstance(feedback, str) and feedback.lower() in DIRECT_RULES:
-            self.direct = feedback.lower()
+        if feedback_lib.is_direct(feedback):
+            self.direct = feedback_lib.get_direct(feedback)
             self.rule = None
         else:
             self.direct = None
@@ -68,10 +70,9 @@ class _Network:
         self.positions = "flatten"
 
     def _next_seed(self):
+        # Layer 1, 2, ... in the order the builders make them.
         self._count += 1
-        if self.seed is None:
-            return None
-        return self.seed * 1000 + self._count
+        return layer_seed(self.seed, self._count)
 
     def _kernel_args(self, kwargs):
         seed = self._next_seed()
@@ -115,23 +116,29 @@ class _Network:
         # Keras gives the four projections clones of one initializer: seeded,
         # they would start equal. Each gets its own seed instead.
         for projection in (
-            layer._query_dense,
-            layer._key_dense,
-            layer._value_dense,
-            layer._output_dense,
+            layer.query_dense,
+            layer.key_dense,
+            layer.value_dense,
+            layer.output_dense,
         ):
-            kernel_seed = self._next_seed()
-            if kernel_seed is not None:
-                kernel = projection._kernel
-                # The projection's own initializer, with the fans Keras
-                # takes from its equation (not from the kernel's shape).
-                initializer = with_kernel_axes(
-                    reseeded(projection.kernel_initializer, kernel_seed),
-                    projection.equation,
-                    len(projection.get_build_config()["input_shape"]),
-                )
-                kernel.assign(initializer(kernel.shape, dtype=kernel.dtype))
+            self._reseed(projection)
         return layer
+
+    def _reseed(self, projection):
+        """Redraws the kernel of a built attention projection from the next
+        layer seed (when the network is seeded)."""
+        seed = self._next_seed()
+        if seed is None:
+            return
+        # The projection's own initializer, with the fans Keras takes from
+        # its equation (not from the kernel's shape).
+        initializer = with_kernel_axes(
+            reseeded(projection.kernel_initializer, seed),
+            projection.equation,
+            len(projection.get_build_config()["input_shape"]),
+        )
+        kernel = projection.kernel
+        kernel.assign(initializer(kernel.shape, dtype=kernel.dtype))
 
     def embedding_initializer(self):
         """Returns the (seeded) initializer of an embedding table."""
@@ -353,50 +360,53 @@ def resnet(
     >>> model = keras_fa.models.resnet((32, 32, 3), 10, feedback="fa")
     """
     num_classes = _check_classes(num_classes)
+    depth = _check_depth(depth)
+    width = check_integer("width", width, minimum=1)
+    net = _Network(feedback, seed)
+    inputs = _input(input_shape)
+    x, rank = _spatial(inputs, image_shape)
+    x = net.conv(rank, width, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    for stage in range(3):
+        for block in range((depth - 2) // 6):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = _residual_block(net, x, rank, width * 2**stage, strides)
+            x = net.block_end(x)
+    x = _GLOBAL_POOLING[rank]()(x)
+    logits = net.dense(num_classes)(x)
+    return net.model(inputs, logits, name=f"resnet{depth}_{_name(feedback)}")
+
+
+_GLOBAL_POOLING = {
+    1: keras.layers.GlobalAveragePooling1D,
+    2: keras.layers.GlobalAveragePooling2D,
+}
+
+
+def _check_depth(depth):
     if not is_integer(depth) or depth < 8 or (depth - 2) % 6:
         raise ValueError(
             "`depth` must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56...). "
             f"Received: depth={depth!r}"
         )
-    depth = int(depth)
-    width = check_integer("width", width, minimum=1)
-    net = _Network(feedback, seed)
-    inputs = _input(input_shape)
-    x, rank = _spatial(inputs, image_shape)
+    return int(depth)
+
+
+def _residual_block(net, x, rank, filters, strides):
+    """Returns a basic residual block's output: two 3x3 convolutions with
+    batch normalization, and a 1x1 projection shortcut when the shape
+    changes."""
     norm = keras.layers.BatchNormalization
-    x = net.conv(rank, width, 3, padding="same", use_bias=False)(x)
-    x = keras.layers.ReLU()(norm()(x))
-    blocks = (depth - 2) // 6
-    for stage in range(3):
-        filters = width * 2**stage
-        for block in range(blocks):
-            strides = 2 if stage > 0 and block == 0 else 1
-            shortcut = x
-            y = net.conv(
-                rank,
-                filters,
-                3,
-                strides=strides,
-                padding="same",
-                use_bias=False,
-            )(x)
-            y = keras.layers.ReLU()(norm()(y))
-            y = net.conv(rank, filters, 3, padding="same", use_bias=False)(y)
-            y = norm()(y)
-            if strides != 1 or shortcut.shape[-1] != filters:
-                shortcut = net.conv(
-                    rank, filters, 1, strides=strides, use_bias=False
-                )(shortcut)
-                shortcut = norm()(shortcut)
-            x = keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
-            x = net.block_end(x)
-    pooling = {
-        1: keras.layers.GlobalAveragePooling1D,
-        2: keras.layers.GlobalAveragePooling2D,
-    }[rank]
-    x = pooling()(x)
-    logits = net.dense(num_classes)(x)
-    return net.model(inputs, logits, name=f"resnet{depth}_{_name(feedback)}")
+    conv = dict(padding="same", use_bias=False)
+    y = net.conv(rank, filters, 3, strides=strides, **conv)(x)
+    y = keras.layers.ReLU()(norm()(y))
+    y = net.conv(rank, filters, 3, **conv)(y)
+    y = norm()(y)
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        project = net.conv(rank, filters, 1, strides=strides, use_bias=False)
+        shortcut = norm()(project(x))
+    return keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
 
 
 TRANSFORMER_HEADS = ("pool", "token")
@@ -524,6 +534,7 @@ def _feature_inputs(net, input_shape, hidden_dim, patch_size, image_shape):
     return inputs, keras.layers.Reshape((tokens, hidden_dim))(x)
 
 
+# long: 15 arguments: signature 17 lines, docstring 38, body 28 in steps.
 def transformer(
     input_shape,
     num_classes,
@@ -543,51 +554,36 @@ def transformer(
 ):
     """Returns a small pre-norm transformer encoder trained by `feedback`.
 
-    The inputs become a sequence of `hidden_dim`-wide tokens: token ids
-    (`vocabulary_size` given, `input_shape=(length,)`) through an
-    `Embedding`; images `(h, w, c)` (or flat vectors with `image_shape`)
-    cut into non-overlapping `patch_size` patches by a convolution whose
-    kernel and stride are the patch; feature sequences `(length, channels)`
-    (or `(length,)`, one scalar a position) by a dense projection per
-    position (or, with `patch_size`, by a 1D convolution over patches). A
-    learned `PositionEmbedding` is added. Then `num_layers` pre-norm blocks,
-    `x = x + MHA(LN(x))`, `x = x + MLP(LN(x))` (MLP: `intermediate_dim` GELU
-    units, then `hidden_dim`), a final layer normalization and the head:
-    `"pool"` averages the tokens and gives `(batch, num_classes)` logits;
-    `"token"` gives logits per token, `(batch, length, num_classes)`
-    (language modelling with `use_causal_mask=True`, token
-    classification). Under direct rules, every block's output is tapped;
-    with the pooled head its tokens share one B_l of shape `(num_classes,
-    hidden_dim)` (`DirectFeedback(positions="shared")`: each token gets
-    `e B_l / length`), with the token head each token gets its own
-    position's `e_t B_l`.
-
-    Under a layer-wise rule every kernel layer is a keras_fa layer (the
-    attention projections are `FAEinsumDense`); the embedding tables learn
-    as under backprop (they send no error). Under direct rules each block's
-    output is tapped (inside a block, and from the first block to the
-    embedding, the error travels by backprop).
+    The inputs become `hidden_dim`-wide tokens (token ids through an
+    `Embedding`, images cut into `patch_size` patches by a convolution,
+    feature sequences projected position by position), plus a learned
+    `PositionEmbedding`; then `num_layers` blocks `x = x + MHA(LN(x))`,
+    `x = x + MLP(LN(x))`, a final layer normalization and the head. Under a
+    layer-wise rule every kernel layer is a keras_fa layer (the embedding
+    tables learn as under backprop); under direct rules every block's
+    output is tapped, and with the pooled head its tokens share one B_l
+    (`DirectFeedback(positions="shared")`).
 
     Args:
-        input_shape: shape of one example: `(length,)` token ids or
-            scalars, `(length, channels)`, or `(height, width, channels)`.
+        input_shape: `(length,)` token ids or scalars, `(length, channels)`
+            or `(height, width, channels)`.
         num_classes: number of classes (logits).
         feedback: a rule name, config or `FeedbackRule`.
         seed: integer seed of the forward and feedback weights.
         num_layers: number of transformer blocks.
         num_heads: attention heads; they split `hidden_dim`.
         hidden_dim: width of the tokens, a multiple of `num_heads`.
-        intermediate_dim: hidden units of each block's MLP.
-        dropout: dropout rate of the attention weights and of each block's
-            two residual branches, in [0, 1).
-        patch_size: side of the patches (an integer, or one per spatial
-            axis) that become the tokens; it must divide the image (or
-            sequence). Needed for images.
+        intermediate_dim: hidden units (GELU) of each block's MLP.
+        dropout: rate of the attention weights' and residual branches'
+            dropout, in [0, 1).
+        patch_size: side of the patches (an int, or one per spatial axis),
+            dividing the input; needed for images.
         vocabulary_size: number of token ids, for integer inputs.
-        head: `"pool"` or `"token"`.
+        head: `"pool"` (mean of the tokens: `(batch, num_classes)` logits)
+            or `"token"` (`(batch, length, num_classes)`).
         image_shape: for flat inputs, the image they hold, e.g. `(8, 8, 1)`.
         use_causal_mask: whether a token attends only to itself and the
-            tokens before it.
+            tokens before it (language modelling with `head="token"`).
 
     Example:
 
@@ -595,6 +591,43 @@ def transformer(
     ...     (28, 28, 1), 10, feedback="fa", seed=0, patch_size=4)
     """
     num_classes = _check_classes(num_classes)
+    blocks = _check_blocks(
+        num_layers, num_heads, hidden_dim, intermediate_dim, dropout
+    )
+    _check_head(head, use_causal_mask)
+    input_shape, vocabulary_size = _check_inputs(
+        input_shape, vocabulary_size, patch_size, image_shape
+    )
+    net = _Network(feedback, seed)
+    # A pooled head shares the error among the tokens: each token of a tap
+    # gets the same direct signal (one B of hidden_dim columns, scaled by
+    # 1/length) rather than a B row per token, which trains far better.
+    net.positions = "shared"
+    if vocabulary_size is None:
+        inputs, x = _feature_inputs(
+            net, input_shape, hidden_dim, patch_size, image_shape
+        )
+    else:
+        inputs, x = _token_inputs(net, input_shape, hidden_dim, vocabulary_size)
+    x = PositionEmbedding(net.embedding_initializer())(x)
+    for _ in range(blocks.num_layers):
+        x = _transformer_block(net, x, blocks, use_causal_mask)
+        x = net.block_end(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+    if head == "pool":
+        x = keras.layers.GlobalAveragePooling1D()(x)
+    logits = net.dense(num_classes)(x)
+    return net.model(inputs, logits, name=f"transformer_{_name(feedback)}")
+
+
+#: The sizes of a transformer's blocks, checked.
+_Blocks = collections.namedtuple(
+    "_Blocks",
+    ["num_layers", "num_heads", "hidden_dim", "intermediate_dim", "dropout"],
+)
+
+
+def _check_blocks(num_layers, num_heads, hidden_dim, intermediate_dim, dropout):
     num_layers = check_integer("num_layers", num_layers, minimum=1)
     num_heads = check_integer("num_heads", num_heads, minimum=1)
     hidden_dim = check_integer("hidden_dim", hidden_dim, minimum=1)
@@ -607,6 +640,10 @@ def transformer(
             f"it). Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
         )
     dropout = check_real("dropout", dropout, minimum=0, maximum=1)
+    return _Blocks(num_layers, num_heads, hidden_dim, intermediate_dim, dropout)
+
+
+def _check_head(head, use_causal_mask):
     if head not in TRANSFORMER_HEADS:
         raise ValueError(
             f"`head` must be one of {', '.join(TRANSFORMER_HEADS)}. "
@@ -617,6 +654,11 @@ def transformer(
             "`use_causal_mask` must be True or False. Received: "
             f"use_causal_mask={use_causal_mask!r}"
         )
+
+
+def _check_inputs(input_shape, vocabulary_size, patch_size, image_shape):
+    """Returns a transformer's `input_shape` and `vocabulary_size`,
+    checked (token ids come without `patch_size` and `image_shape`)."""
     if vocabulary_size is not None:
         vocabulary_size = check_integer(
             "vocabulary_size", vocabulary_size, minimum=1
@@ -634,35 +676,25 @@ def transformer(
             "`input_shape` must be (length,), (length, channels) or (height, "
             f"width, channels). Received: input_shape={input_shape!r}"
         )
-    net = _Network(feedback, seed)
-    # A pooled head shares the error among the tokens: each token of a tap
-    # gets the same direct signal (one B of hidden_dim columns, scaled by
-    # 1/length) rather than a B row per token, which trains far better.
-    net.positions = "shared"
-    if vocabulary_size is None:
-        inputs, x = _feature_inputs(
-            net, input_shape, hidden_dim, patch_size, image_shape
-        )
-    else:
-        inputs, x = _token_inputs(net, input_shape, hidden_dim, vocabulary_size)
-    x = PositionEmbedding(net.embedding_initializer())(x)
-    for _ in range(num_layers):
-        h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
-        attention = net.attention(
-            num_heads, hidden_dim // num_heads, tuple(h.shape), dropout=dropout
-        )
-        h = attention(h, h, use_causal_mask=use_causal_mask)
-        x = keras.layers.Add()([x, _dropout(h, dropout)])
-        h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
-        h = net.dense(intermediate_dim, activation="gelu")(h)
-        h = net.dense(hidden_dim)(h)
-        x = keras.layers.Add()([x, _dropout(h, dropout)])
-        x = net.block_end(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-5)(x)
-    if head == "pool":
-        x = keras.layers.GlobalAveragePooling1D()(x)
-    logits = net.dense(num_classes)(x)
-    return net.model(inputs, logits, name=f"transformer_{_name(feedback)}")
+    return input_shape, vocabulary_size
+
+
+def _transformer_block(net, x, blocks, use_causal_mask):
+    """Returns one pre-norm block's output: `x + MHA(LN(x))`, then
+    `x + MLP(LN(x))`."""
+    h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+    attention = net.attention(
+        blocks.num_heads,
+        blocks.hidden_dim // blocks.num_heads,
+        tuple(h.shape),
+        dropout=blocks.dropout,
+    )
+    h = attention(h, h, use_causal_mask=use_causal_mask)
+    x = keras.layers.Add()([x, _dropout(h, blocks.dropout)])
+    h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+    h = net.dense(blocks.intermediate_dim, activation="gelu")(h)
+    h = net.dense(blocks.hidden_dim)(h)
+    return keras.layers.Add()([x, _dropout(h, blocks.dropout)])
 
 
 def _dropout(x, rate):

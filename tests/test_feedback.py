@@ -102,7 +102,7 @@ def _expected_b(layer, rule, state_before):
     if rule == "brsf":
         # Redraw the magnitudes from the seed state the call started from.
         layer.feedback_seed_generator.state.assign(state_before)
-        m = _np(layer._brsf_sampler(w.shape, dtype="float32"))
+        m = _np(layer.feedback_state["sampler"](w.shape, dtype="float32"))
         return np.sign(w) * np.abs(m).astype(np.float64)
     raise AssertionError(rule)
 
@@ -553,3 +553,136 @@ def test_register_refuses_a_bad_name_or_class():
     finally:
         keras_fa.feedback.base._RULES.clear()
         keras_fa.feedback.base._RULES.update(before)
+
+
+def test_one_namespace_holds_layer_and_direct_rules():
+    names = keras_fa.feedback.names
+    assert names("direct") == ["dfa", "drtp", "shallow"]
+    assert names("layer") == keras_fa.feedback.registered_names()
+    assert set(RULES) | {"wm"} <= set(names("layer"))
+    assert names() == sorted(names("layer") + names("direct"))
+    assert keras_fa.models.rules() == names()
+    with pytest.raises(ValueError, match="`kind`.*'layer'.*'direct'.*kind=3"):
+        names(3)
+
+
+@pytest.mark.parametrize("spelling", ["dfa", "DRTP", "Shallow"])
+def test_get_direct_takes_a_direct_rule_in_any_case(spelling):
+    assert keras_fa.feedback.is_direct(spelling)
+    assert keras_fa.feedback.get_direct(spelling) == spelling.lower()
+
+
+@pytest.mark.parametrize("bad", ["fa", "nope", None, 3])
+def test_get_direct_names_the_direct_rules_and_where_others_go(bad):
+    assert not keras_fa.feedback.is_direct(bad)
+    match = r"dfa, drtp, shallow.*Layer-wise rules.*feedback="
+    with pytest.raises(ValueError, match=match):
+        keras_fa.feedback.get_direct(bad)
+
+
+@pytest.mark.parametrize("spelling", ["dfa", "DRTP"])
+def test_a_layer_given_a_direct_rule_says_where_it_goes(spelling):
+    match = (
+        rf"feedback='{spelling}' is a direct rule.*"
+        rf"keras_fa.direct_feedback\(model, '{spelling}'\)"
+    )
+    with pytest.raises(ValueError, match=match):
+        keras_fa.feedback.get(spelling)
+    with pytest.raises(ValueError, match=match):
+        keras_fa.FADense(2, feedback=spelling)
+
+
+def test_a_layer_rule_cannot_take_a_direct_rule_name():
+    class Clash(keras_fa.feedback.FeedbackRule):
+        def backward_kernel(self, kernel, *feedback):
+            return kernel
+
+    with pytest.raises(ValueError, match="'DFA'.*direct feedback rule"):
+        keras_fa.feedback.register("DFA")(Clash)
+    assert keras_fa.feedback.get_direct("dfa") == "dfa"
+
+
+@pytest.mark.parametrize(
+    "rule, state",
+    [
+        ("bp", []),
+        ("usf", []),
+        ("fa", ["feedback_kernel"]),
+        ("frsf", ["feedback_kernel"]),
+        ("kp", ["feedback_kernel"]),
+        ("brsf", ["feedback_seed_generator", "sampler"]),
+        ("wm", ["feedback_kernel", "feedback_seed_generator"]),
+    ],
+)
+def test_the_layer_keeps_what_the_rule_builds_in_feedback_state(rule, state):
+    layer = keras_fa.FADense(3, feedback=rule)
+    assert layer.feedback_state == {}
+    assert not hasattr(layer, "feedback_kernel")
+    layer.build((None, 4))
+    assert list(layer.feedback_state) == state
+    kernel = layer.feedback_state.get("feedback_kernel")
+    generator = layer.feedback_state.get("feedback_seed_generator")
+    # The attributes exist exactly when the rule keeps them, as before.
+    assert getattr(layer, "feedback_kernel", None) is kernel
+    assert getattr(layer, "feedback_seed_generator", None) is generator
+    assert hasattr(layer, "feedback_kernel") == (kernel is not None)
+    # Keras tracks it: the variables and the generator's state are the
+    # layer's, and the layer saves them in the order the rule gave.
+    expected = [kernel] if kernel is not None else []
+    expected += [generator.state] if generator is not None else []
+    assert layer._feedback_variables() == expected
+    ids = {id(v) for v in layer.variables}
+    assert all(id(v) in ids for v in expected)
+    if kernel is not None:
+        assert kernel.path.endswith("/feedback_kernel")
+        assert kernel.trainable == (rule in ("kp", "wm"))
+
+
+def test_a_rule_owns_its_state_and_the_layer_saves_it(tmp_path):
+    """A rule with state of its own: what build returns is tracked, trained
+    and saved; nothing is set on the layer from outside."""
+
+    @keras_fa.feedback.register("test_scaled")
+    class Scaled(keras_fa.feedback.FeedbackRule):
+        def build(self, layer):
+            scale = layer.add_weight(
+                name="feedback_scale", shape=(), initializer="ones"
+            )
+            return {"scale": scale}
+
+        def feedback_inputs(self, layer):
+            return (layer.feedback_state["scale"],)
+
+        def backward_kernel(self, kernel, *feedback):
+            return feedback[0] * kernel
+
+    try:
+        inputs = keras.Input((4,))
+        model = keras.Model(
+            inputs, keras_fa.FADense(2, feedback="test_scaled")(inputs)
+        )
+        layer = model.layers[-1]
+        assert not hasattr(layer, "scale")
+        assert keras_fa.layers.feedback_variables(model) == [
+            layer.feedback_state["scale"]
+        ]
+        layer.feedback_state["scale"].assign(3.0)
+        model.save(tmp_path / "scaled.keras")
+        loaded = keras.models.load_model(tmp_path / "scaled.keras")
+        value = loaded.layers[-1].feedback_state["scale"]
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(value), 3.0)
+    finally:
+        keras_fa.feedback.base._RULES.pop("test_scaled", None)
+
+
+def test_build_must_return_a_dict_of_state():
+    class Wrong(keras_fa.feedback.FeedbackRule):
+        def build(self, layer):
+            return [layer.add_weight(shape=(), name="x")]
+
+        def backward_kernel(self, kernel, *feedback):
+            return kernel
+
+    layer = keras_fa.FADense(2, feedback=Wrong())
+    with pytest.raises(TypeError, match=r"Wrong.build\(layer\) must return"):
+        layer.build((None, 3))

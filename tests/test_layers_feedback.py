@@ -348,7 +348,7 @@ def _backward_kernel(unit, rule, state):
     if rule == "brsf":
         # Redraw the magnitudes from the seed state the call started from.
         unit.feedback_seed_generator.state.assign(state)
-        m = _np(unit._brsf_sampler(w.shape, dtype="float32"))
+        m = _np(unit.feedback_state["sampler"](w.shape, dtype="float32"))
         return np.sign(w) * np.abs(m)
     raise AssertionError(rule)
 

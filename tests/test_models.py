@@ -298,9 +298,9 @@ def test_transformer_one_seed_one_start_for_every_rule(kind, head):
     query, key, value = (
         ops.convert_to_numpy(dense.kernel)
         for dense in (
-            attention._query_dense,
-            attention._key_dense,
-            attention._value_dense,
+            attention.query_dense,
+            attention.key_dense,
+            attention.value_dense,
         )
     )
     assert not np.allclose(query, key) and not np.allclose(key, value)

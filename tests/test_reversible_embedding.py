@@ -46,7 +46,7 @@ def _backward_kernel(unit, rule, w, state_before):
     if rule == "frsf":
         return np.sign(w) * np.abs(_np(unit.feedback_kernel))
     unit.feedback_seed_generator.state.assign(state_before)
-    m = _np(unit._brsf_sampler(w.shape, dtype="float32"))
+    m = _np(unit.feedback_state["sampler"](w.shape, dtype="float32"))
     return np.sign(w) * np.abs(m).astype(np.float64)
 
 

@@ -3,12 +3,19 @@
 A rule is given to a layer as a name (`feedback="fa"`), a config dict, or a
 rule object (`feedback=keras_fa.feedback.UniformSignFeedback(scale=0.1)`), the
 way Keras takes `activation=`.
+
+Every rule name lives in one namespace (`names()`), of two kinds: the
+layer-wise rules a layer takes (`get`, `names("layer")`) and the direct
+rules dfa, drtp and shallow that `keras_fa.direct_feedback` runs
+(`get_direct`, `names("direct")`).
 """
 
 import keras
 
 from keras_fa.feedback import base
+from keras_fa.feedback import direct_rules  # noqa: F401 (registers them)
 from keras_fa.feedback.base import FeedbackRule
+from keras_fa.feedback.base import names
 from keras_fa.feedback.base import register
 from keras_fa.feedback.base import registered_names
 from keras_fa.feedback.bp import Backprop
@@ -63,7 +70,9 @@ def get(identifier):
         identifier: a registered name, in any case (`"bp"`, `"fa"`,
             `"usf"`, `"brsf"`, `"frsf"`, `"kp"`, `"wm"`, or one added with
             `register`; `"FA"` is `"fa"`), a config dict from `serialize`, a
-            `FeedbackRule` subclass or instance.
+            `FeedbackRule` subclass or instance. A direct rule's name
+            (`"dfa"`: see `get_direct`) raises an error that says where
+            direct rules go.
 
     Example:
 
@@ -75,6 +84,8 @@ def get(identifier):
     if isinstance(identifier, type) and issubclass(identifier, FeedbackRule):
         return identifier()
     if isinstance(identifier, str):
+        if is_direct(identifier):
+            raise ValueError(_direct_given_to_a_layer(identifier))
         cls = base._RULES.get(identifier.lower())
         if cls is None:
             raise ValueError(
@@ -95,6 +106,52 @@ def get(identifier):
     )
 
 
+def is_direct(identifier):
+    """Returns whether `identifier` names a direct rule (dfa, drtp,
+    shallow), in any case.
+
+    Args:
+        identifier: anything given as `feedback=`; only a str can name a
+            direct rule.
+    """
+    return (
+        isinstance(identifier, str)
+        and identifier.lower() in base._DIRECT_RULES
+    )
+
+
+def get_direct(identifier):
+    """Returns the canonical (lower-case) name of a direct rule.
+
+    Args:
+        identifier: `"dfa"`, `"drtp"` or `"shallow"`, in any case.
+
+    Example:
+
+    >>> keras_fa.feedback.get_direct("DFA")
+    'dfa'
+    """
+    if not is_direct(identifier):
+        raise ValueError(
+            f"Unknown direct feedback rule {identifier!r}. Allowed: "
+            f"{', '.join(names('direct'))}. (Layer-wise rules such as 'fa' "
+            "go to the layers: keras_fa.FADense(..., feedback='fa').)"
+        )
+    return identifier.lower()
+
+
+def _direct_given_to_a_layer(identifier):
+    return (
+        f"feedback={identifier!r} is a direct rule: it sends the output "
+        "error straight to every hidden layer, which one layer's backward "
+        "pass cannot do. Use keras_fa.direct_feedback(model, "
+        f"{identifier!r}) instead (or feedback={identifier!r} in "
+        "keras_fa.models). Allowed names for a layer: "
+        f"{', '.join(registered_names())}; or pass a "
+        "keras_fa.feedback.FeedbackRule object."
+    )
+
+
 __all__ = [
     "Backprop",
     "BatchRandomSignFeedback",
@@ -106,6 +163,9 @@ __all__ = [
     "WeightMirror",
     "deserialize",
     "get",
+    "get_direct",
+    "is_direct",
+    "names",
     "register",
     "registered_names",
     "serialize",

@@ -1,11 +1,23 @@
-"""The base class of feedback rules and the registry that names them."""
+"""The base class of feedback rules and the registry that names them.
+
+One namespace holds every rule name, of two kinds: layer-wise rules
+(`"layer"`: a `FeedbackRule` subclass a keras_fa layer runs, given as its
+`feedback=`) and direct rules (`"direct"`: dfa, drtp, shallow, which send the
+output error straight to every hidden layer and are run by
+`keras_fa.direct_feedback`). A name belongs to one kind only.
+"""
 
 import math
 
 import keras
 from keras import ops
 
+#: Layer-wise rules: name -> FeedbackRule subclass.
 _RULES = {}
+#: Direct rules: name -> one-line description.
+_DIRECT_RULES = {}
+#: The kinds of rule `names(kind)` takes.
+KINDS = ("layer", "direct")
 
 
 def register(name):
@@ -39,6 +51,11 @@ def register(name):
                 f"{cls!r} of type {type(cls).__name__}"
             )
         key = name.lower()
+        if key in _DIRECT_RULES:
+            raise ValueError(
+                f"'{name}' is the name of a direct feedback rule; choose "
+                "another name for a layer-wise rule."
+            )
         if key in _RULES and _RULES[key] is not cls:
             raise ValueError(
                 f"A feedback rule named '{name}' is already registered "
@@ -53,9 +70,48 @@ def register(name):
     return decorator
 
 
+def register_direct(name, description):
+    """Declares the direct rule `name`, run by `keras_fa.direct_feedback`,
+    and returns its canonical (lower-case) name; `description` says what it
+    sends back."""
+    key = name.lower()
+    # The same declaration again (a reloaded module) is no clash.
+    if key in _RULES or _DIRECT_RULES.get(key, description) != description:
+        raise ValueError(f"A feedback rule named '{name}' already exists.")
+    _DIRECT_RULES[key] = description
+    return key
+
+
+def names(kind=None):
+    """Returns the sorted names of the registered rules of one kind.
+
+    Args:
+        kind: None (every rule), `"layer"` (the rules a keras_fa layer takes
+            as `feedback=`: bp, fa, usf, ...) or `"direct"` (the rules of
+            `keras_fa.direct_feedback`: dfa, drtp, shallow).
+
+    Example:
+
+    >>> keras_fa.feedback.names("direct")
+    ['dfa', 'drtp', 'shallow']
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(
+            "`kind` must be None, 'layer' or 'direct'. Received: "
+            f"kind={kind!r}"
+        )
+    found = []
+    if kind in (None, "layer"):
+        found.extend(_RULES)
+    if kind in (None, "direct"):
+        found.extend(_DIRECT_RULES)
+    return sorted(found)
+
+
 def registered_names():
-    """Returns the names of all registered feedback rules, sorted."""
-    return sorted(_RULES)
+    """Returns the names of the layer-wise feedback rules, sorted (the
+    same as `names("layer")`)."""
+    return names("layer")
 
 
 def kernel_fans(shape):
@@ -83,8 +139,9 @@ class FeedbackRule:
     the local one (`x^T delta` for a dense layer). A rule decides:
 
     - `validate(layer)`: early checks of the layer's arguments;
-    - `build(layer)`: which state the layer keeps for its feedback (usually a
-      non-trainable `layer.feedback_kernel` with the kernel's shape);
+    - `build(layer)`: the state the rule owns on the layer (usually a
+      non-trainable feedback kernel with the kernel's shape), returned as a
+      dict the layer keeps as `layer.feedback_state`;
     - `feedback_inputs(layer)`: the tensors the forward pass hands to the
       backward pass;
     - `backward_kernel(kernel, *feedback)`: the matrix B used in place of W;
@@ -105,7 +162,21 @@ class FeedbackRule:
         arguments; called when the layer is constructed."""
 
     def build(self, layer):
-        """Creates the feedback state on `layer` (none by default)."""
+        """Creates the state the rule owns on `layer` and returns it.
+
+        Returns a dict, name -> object, which the layer keeps as
+        `layer.feedback_state` and Keras tracks: variables made with
+        `layer.add_weight` (`add_feedback_kernel`), seed generators
+        (`new_seed_generator`), and any other object the rule needs (brsf's
+        sampler). The layer saves the variables and the seed generators'
+        states, in the dict's order, after its Keras weights. The rule reads
+        them back from `layer.feedback_state` (`feedback_inputs`). Under
+        the names `FEEDBACK_KERNEL` and `SEED_GENERATOR` they are also
+        `layer.feedback_kernel` and `layer.feedback_seed_generator`.
+
+        The default: no state, `{}`.
+        """
+        return {}
 
     def feedback_inputs(self, layer):
         """Returns the tensors the backward pass needs besides the kernel."""
@@ -166,11 +237,19 @@ class FeedbackRule:
         return f"{type(self).__name__}({args})"
 
 
+#: The `feedback_state` name of a rule's feedback kernel B.
+FEEDBACK_KERNEL = "feedback_kernel"
+#: The `feedback_state` name of a rule's seed generator.
+SEED_GENERATOR = "feedback_seed_generator"
+
+
 def add_feedback_kernel(layer, trainable=False, **kwargs):
-    """Adds `layer.feedback_kernel`, shaped like the kernel, drawn from the
-    layer's feedback initializer."""
-    layer.feedback_kernel = layer.add_weight(
-        name="feedback_kernel",
+    """Adds a weight to `layer` shaped like its kernel, drawn from its
+    feedback initializer, and returns it (`build` returns it under
+    `FEEDBACK_KERNEL`). Its name, `"feedback_kernel"`, is part of its path
+    in saved models."""
+    return layer.add_weight(
+        name=FEEDBACK_KERNEL,
         shape=layer.kernel_shape_for_feedback,
         initializer=layer.feedback_initializer,
         trainable=trainable,
@@ -178,11 +257,12 @@ def add_feedback_kernel(layer, trainable=False, **kwargs):
     )
 
 
-def add_feedback_seed_generator(layer):
-    """Adds `layer.feedback_seed_generator`, seeded by the layer's feedback
-    seed; the layer saves its state with the model."""
-    layer.feedback_seed_generator = keras.random.SeedGenerator(
-        layer.feedback_seed, name="feedback_seed_generator"
+def new_seed_generator(layer):
+    """Returns a seed generator seeded by `layer`'s feedback seed (`build`
+    returns it under `SEED_GENERATOR`, so the layer tracks and saves its
+    state)."""
+    return keras.random.SeedGenerator(
+        layer.feedback_seed, name=SEED_GENERATOR
     )
 
 

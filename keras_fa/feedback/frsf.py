@@ -2,6 +2,7 @@
 
 from keras import ops
 
+from keras_fa.feedback.base import FEEDBACK_KERNEL
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import add_feedback_kernel
 from keras_fa.feedback.base import fixed_feedback_potential
@@ -18,10 +19,10 @@ class FixedRandomSignFeedback(FeedbackRule):
     """
 
     def build(self, layer):
-        add_feedback_kernel(layer, trainable=False)
+        return {FEEDBACK_KERNEL: add_feedback_kernel(layer, trainable=False)}
 
     def feedback_inputs(self, layer):
-        return (layer.feedback_kernel,)
+        return (layer.feedback_state[FEEDBACK_KERNEL],)
 
     def backward_kernel(self, kernel, *feedback):
         return sign_times(kernel, ops.abs(feedback[0]))

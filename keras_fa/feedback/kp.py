@@ -1,5 +1,6 @@
 """Kolen-Pollack learning (Kolen & Pollack 1994; Akrout et al. 2019)."""
 
+from keras_fa.feedback.base import FEEDBACK_KERNEL
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import add_feedback_kernel
 from keras_fa.feedback.base import register
@@ -18,15 +19,16 @@ class KolenPollack(FeedbackRule):
     """
 
     def build(self, layer):
-        add_feedback_kernel(
+        kernel = add_feedback_kernel(
             layer,
             trainable=True,
             regularizer=layer.kernel_regularizer,
             constraint=layer.kernel_constraint,
         )
+        return {FEEDBACK_KERNEL: kernel}
 
     def feedback_inputs(self, layer):
-        return (layer.feedback_kernel,)
+        return (layer.feedback_state[FEEDBACK_KERNEL],)
 
     def backward_kernel(self, kernel, *feedback):
         return feedback[0]

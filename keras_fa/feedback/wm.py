@@ -7,9 +7,11 @@ from keras import ops
 
 from keras_fa._validation import check_integer
 from keras_fa._validation import check_real
+from keras_fa.feedback.base import FEEDBACK_KERNEL
+from keras_fa.feedback.base import SEED_GENERATOR
 from keras_fa.feedback.base import FeedbackRule
 from keras_fa.feedback.base import add_feedback_kernel
-from keras_fa.feedback.base import add_feedback_seed_generator
+from keras_fa.feedback.base import new_seed_generator
 from keras_fa.feedback.base import register
 
 
@@ -76,18 +78,22 @@ class WeightMirror(FeedbackRule):
         self.decay = check_real("decay", decay, minimum=0)
 
     def build(self, layer):
-        add_feedback_kernel(layer, trainable=True)
-        add_feedback_seed_generator(layer)
+        # The kernel first: the layer saves its state in this order.
+        return {
+            FEEDBACK_KERNEL: add_feedback_kernel(layer, trainable=True),
+            SEED_GENERATOR: new_seed_generator(layer),
+        }
 
     def feedback_inputs(self, layer):
+        state = layer.feedback_state
         fan_in = math.prod(layer.kernel_shape_for_feedback[:-1])
         noise = keras.random.normal(
             (self.mirror_batch, fan_in),
             stddev=self.noise_std,
             dtype=layer.compute_dtype,
-            seed=layer.feedback_seed_generator,
+            seed=state[SEED_GENERATOR],
         )
-        return (layer.feedback_kernel, noise)
+        return (state[FEEDBACK_KERNEL], noise)
 
     def backward_kernel(self, kernel, *feedback):
         return feedback[0]

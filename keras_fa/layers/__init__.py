@@ -67,6 +67,8 @@ def feedback_variables(layer):
             f"{type(layer).__name__}"
         )
     variables = []
+    # Keras has no public walk over every nested layer (`layers` is one
+    # level of a model only).
     for sublayer in layer._flatten_layers(include_self=True):
         if isinstance(sublayer, FeedbackMixin):
             variables.extend(sublayer._feedback_variables())

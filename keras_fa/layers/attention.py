@@ -5,12 +5,14 @@ import keras
 
 from keras_fa._validation import check_integer
 from keras_fa.layers.base import CompositeFeedbackMixin
-from keras_fa.layers.base import layer_seed
-from keras_fa.layers.base import standardize_seed
 from keras_fa.layers.einsum_dense import FAEinsumDense
+from keras_fa.seeding import layer_seed
+from keras_fa.seeding import standardize_seed
 
-# The projections of Keras's attention layers, in the order their feedback
-# seeds are derived: `seed + i` for projection i.
+# The projections of Keras's attention layers (private attributes: Keras
+# has public properties for four of them, not for the gate, and none to
+# replace them), in the order their feedback seeds are derived:
+# `seeding.layer_seed(seed, i)` for projection i.
 _PROJECTIONS = (
     "_query_dense",
     "_key_dense",
@@ -39,8 +41,8 @@ _DOC = """
             `"glorot_uniform"`.
         seed: integer seed, used as in Keras for the attention dropout and
             for the feedback weights (projection i, in the order query, key,
-            value, output, gate, from `seed + i`). None draws from Keras's
-            global random state.
+            value, output, gate, from `keras_fa.seeding.layer_seed(seed,
+            i)`). None draws from Keras's global random state.
         **kwargs: every other argument of `keras.layers.{keras_name}`.
 """
 
@@ -66,6 +68,8 @@ class _FAAttention(CompositeFeedbackMixin):
             new.build(old.get_build_config()["input_shape"])
             for target, source in zip(_forward_weights(new), old.weights):
                 target.assign(source)
+            # Keras has no public way to swap a tracked sub-layer; without
+            # this the old projection would stay in `self._layers`.
             self._tracker.replace_tracked_value("layers", old, new)
             setattr(self, attribute, new)
 

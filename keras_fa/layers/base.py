@@ -1,6 +1,5 @@
 """What every keras_fa layer adds to the Keras layer it replaces."""
 
-import numbers
 import types
 import weakref
 
@@ -11,11 +10,9 @@ from keras import ops
 from keras_fa import distribution as distribution_lib
 from keras_fa import feedback as feedback_lib
 from keras_fa import tracing
-
-# Seeds for the feedback weights are mixed with this constant so that a layer
-# given `seed=s` and a kernel initializer seeded with `s` do not draw B == W,
-# which would silently turn feedback alignment into backprop.
-_FEEDBACK_SEED_OFFSET = 0x5F3759DF
+from keras_fa.seeding import feedback_seed
+from keras_fa.seeding import reseeded
+from keras_fa.seeding import standardize_seed
 
 
 def get_feedback_initializer(identifier):
@@ -38,47 +35,6 @@ def get_feedback_initializer(identifier):
     return init
 
 
-def is_random_initializer(initializer):
-    """Returns whether a Keras initializer draws random values from a seed."""
-    return "seed" in initializer.get_config()
-
-
-def feedback_seed(seed, stream=0):
-    """Returns the seed of feedback stream `stream` derived from a user seed
-    (None stays None)."""
-    if seed is None:
-        return None
-    return (seed + _FEEDBACK_SEED_OFFSET + 7919 * stream) % 2**31
-
-
-def reseeded(initializer, seed):
-    """Returns a copy of a random initializer drawing from `seed`; returns
-    other initializers, or any initializer when `seed` is None, as they are."""
-    if seed is None or not is_random_initializer(initializer):
-        return initializer
-    return type(initializer)(**dict(initializer.get_config(), seed=seed))
-
-
-def standardize_seed(seed):
-    """Returns `seed` as a Python int (or None), or raises a clear error."""
-    if seed is None:
-        return None
-    # bool is an int in Python, but `seed=True` is a mistake.
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(
-            f"`seed` must be an integer or None. Received: seed={seed!r}"
-        )
-    return int(seed)  # numpy integers too; the config stays JSON
-
-
-def layer_seed(seed, index):
-    """Returns the seed of sub-layer or layer `index` derived from a user
-    `seed` (None stays None)."""
-    if seed is None:
-        return None
-    return (seed + index) % 2**31
-
-
 def _value(tensor):
     # Custom-gradient ops need tensors, not variables (torch requires it).
     if isinstance(tensor, keras.Variable):
@@ -92,6 +48,11 @@ class FeedbackMixin:
     Must come before the Keras layer class in the bases. The subclass calls
     `_init_feedback` in `__init__`, `_build_feedback` at the end of `build`,
     and routes its product through `_apply_feedback`.
+
+    The state the rule owns (what `FeedbackRule.build` returns: B, a seed
+    generator, brsf's sampler) is kept in one place, the dict
+    `feedback_state` (empty until the layer is built); `feedback_kernel`
+    and `feedback_seed_generator` read from it.
     """
 
     def _init_feedback(self, feedback, feedback_initializer, seed):
@@ -114,9 +75,34 @@ class FeedbackMixin:
             self.feedback_initializer, self.feedback_seed
         )
         self.feedback.validate(self)
+        self.feedback_state = {}
+
+    @property
+    def feedback_kernel(self):
+        """The rule's feedback kernel B (fa, frsf, kp, wm, once built).
+
+        A layer whose rule keeps none has no such attribute (`hasattr` is
+        False), as before rules returned their state."""
+        return self._feedback_entry(feedback_lib.base.FEEDBACK_KERNEL)
+
+    @property
+    def feedback_seed_generator(self):
+        """The rule's seed generator (brsf, wm, once built); absent, as
+        `feedback_kernel`, for a rule without one."""
+        return self._feedback_entry(feedback_lib.base.SEED_GENERATOR)
+
+    def _feedback_entry(self, name):
+        try:
+            return self.feedback_state[name]
+        except KeyError:
+            raise AttributeError(
+                f"Layer '{self.name}' (feedback={self.feedback.name!r}) has "
+                f"no `{name}`: its rule keeps none, or the layer is not built."
+            ) from None
 
     def _forward_kernel(self):
-        # The stored kernel variable, not the LoRA sum `kernel` returns.
+        # Keras's `kernel` is the LoRA sum under `lora_rank`; `_kernel`,
+        # the stored variable, is the only way to the forward weights.
         kernel = getattr(self, "_kernel", None)
         return self.kernel if kernel is None else kernel
 
@@ -133,19 +119,21 @@ class FeedbackMixin:
 
     def _build_feedback(self):
         # With `lora_rank`, the Keras `build` ends in `enable_lora`, which
-        # locks the layer's variable tracker; the feedback state comes after.
-        locked = self._tracker.locked
-        self._tracker.unlock()
+        # locks the layer's variable tracker (Keras has no public unlock);
+        # the feedback state comes after.
+        locked = self._tracker.locked  # private: see above
+        self._tracker.unlock()  # private: see above
         try:
             # Under a keras.distribution, feedback kernels are laid out as
             # the forward kernel (keras_fa.distribution says how).
             with distribution_lib.kernel_layout_scope(
                 self, self._forward_kernel()
             ):
-                self.feedback.build(self)
+                state = self.feedback.build(self)
+            self.feedback_state = _check_state(self.feedback, state)
         finally:
             if locked:
-                self._tracker.lock()
+                self._tracker.lock()  # private: see above
 
     def _apply_feedback(self, inputs, forward, feedback_op, **op_kwargs):
         """Runs the forward product with the rule's backward pass."""
@@ -171,11 +159,13 @@ class FeedbackMixin:
     # `save_own_variables`; the feedback state follows them in the same store.
 
     def _feedback_variables(self):
+        # In the order the rule gave them: the order they are saved in.
         variables = []
-        if getattr(self, "feedback_kernel", None) is not None:
-            variables.append(self.feedback_kernel)
-        if getattr(self, "feedback_seed_generator", None) is not None:
-            variables.append(self.feedback_seed_generator.state)
+        for value in self.feedback_state.values():
+            if isinstance(value, keras.random.SeedGenerator):
+                variables.append(value.state)
+            elif isinstance(value, keras.Variable):
+                variables.append(value)
         return variables
 
     def _num_base_entries(self):
@@ -251,6 +241,19 @@ class FeedbackMixin:
             ),
             "seed": self.seed,
         }
+
+
+def _check_state(rule, state):
+    """Returns what `rule.build` returned as a dict (None: no state)."""
+    if state is None:
+        return {}
+    if not isinstance(state, dict):
+        raise TypeError(
+            f"{type(rule).__name__}.build(layer) must return a dict of the "
+            "state the rule owns (name -> variable, seed generator, ...), "
+            f"or None. Received: {state!r} of type {type(state).__name__}"
+        )
+    return dict(state)
 
 
 def _quantize_message(layer, kernel=None):

@@ -111,6 +111,7 @@ class FAConv1D(_FAConv, keras.layers.Conv1D):
     def call(self, inputs):
         padding = self.padding
         if padding == "causal":
+            # Keras's Conv1D.call pads so; no public API gives the padding.
             inputs = ops.pad(inputs, self._compute_causal_padding())
             padding = "valid"
         outputs = self._conv(inputs, padding)

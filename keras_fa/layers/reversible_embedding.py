@@ -6,9 +6,9 @@ from keras import ops
 
 from keras_fa.layers.base import CompositeFeedbackMixin
 from keras_fa.layers.base import FeedbackKernel
-from keras_fa.layers.base import standardize_seed
 from keras_fa.ops import feedback_matmul
 from keras_fa.ops import feedback_matmul_transposed
+from keras_fa.seeding import standardize_seed
 
 
 @keras.saving.register_keras_serializable(package="keras_fa")

@@ -8,11 +8,11 @@ from keras import ops
 
 from keras_fa.layers.base import CompositeFeedbackMixin
 from keras_fa.layers.base import FeedbackKernel
-from keras_fa.layers.base import layer_seed
-from keras_fa.layers.base import standardize_seed
 from keras_fa.layers.conv import add_bias_and_activate
 from keras_fa.ops import feedback_conv
 from keras_fa.ops import feedback_depthwise_conv
+from keras_fa.seeding import layer_seed
+from keras_fa.seeding import standardize_seed
 
 _DOC = """
 
@@ -40,8 +40,9 @@ _DOC = """
             wm) or of their random magnitudes (frsf, brsf). Defaults to
             `"glorot_uniform"`.
         seed: integer seed of the feedback weights (the depthwise kernel's
-            from `seed`, the pointwise kernel's from `seed + 1`). None draws
-            from Keras's global random state.
+            from `keras_fa.seeding.layer_seed(seed, 0)`, the pointwise
+            kernel's from `layer_seed(seed, 1)`). None draws from Keras's
+            global random state.
         **kwargs: every other argument of `keras.layers.{keras_name}`
             (strides, padding, depth_multiplier, data_format, dilation_rate,
             activation, use_bias, initializers, regularizers, constraints,
