@@ -5,25 +5,27 @@ import warnings
 import keras
 
 from keras_fa import feedback as feedback_lib
+from keras_fa.cloning import InlinedGraph
 from keras_fa.cloning import copy_operation
+from keras_fa.cloning import fresh_inputs
 from keras_fa.cloning import from_config
-from keras_fa.direct import DIRECT_RULES
+from keras_fa.cloning import is_graph_model
 from keras_fa.layers import REPLACEMENTS
 from keras_fa.layers import FADense
 from keras_fa.layers import feedback_variables
 from keras_fa.layers import is_feedback_layer
 from keras_fa.layers.base import get_feedback_initializer
-from keras_fa.layers.base import layer_seed
-from keras_fa.layers.base import standardize_seed
 from keras_fa.layers.converted import ConvertedLayer
 from keras_fa.layers.converted import convert_layer
 from keras_fa.layers.converted import like_kernel
 from keras_fa.layers.converted import replaceable_sublayers
+from keras_fa.seeding import layer_seed
+from keras_fa.seeding import standardize_seed
 from keras_fa.summary import check_model
-from keras_fa.summary import is_graph_model
 from keras_fa.summary import kernels
 
 
+# long: its public docstring is 53 lines; the body is 15, in named steps.
 def convert(
     model,
     feedback="fa",
@@ -69,9 +71,10 @@ def convert(
             N(0, 0.02)) learn far better by fa with `"kernel"` than with
             the default Glorot B, whose error signals then dwarf the
             residual stream's.
-        seed: integer seed (negative ones too, taken modulo 2**31); layer
-            i, counting every layer of the model in order, gets `seed + i`.
-            None draws from Keras's global random state.
+        seed: integer seed (negative ones too); layer i, counting every
+            layer of the model in order, gets the seed
+            `keras_fa.seeding.layer_seed(seed, i)`, `(seed * 1000 + i) mod
+            2**31`. None draws from Keras's global random state.
         strict: if True, raise a ValueError instead of warning when a layer
             with a trainable kernel stays on backprop.
 
@@ -84,9 +87,34 @@ def convert(
     >>> fa_model = keras_fa.convert(model, feedback="usf", seed=0)
     >>> keras_fa.feedback_summary(fa_model)
     """
+    _check_convertible(model)
+    feedback_config, seed = _check_arguments(
+        feedback, feedback_initializer, seed, strict
+    )
+    left_on_backprop = _left_on_backprop(model)
+    if left_on_backprop and strict:
+        raise ValueError(left_on_backprop + "(Raised because strict=True.)")
+    new_model = _clone(model, feedback_config, seed)
+    if left_on_backprop:
+        warnings.warn(
+            left_on_backprop + "Pass strict=True to make this an error; "
+            "keras_fa.feedback_summary(model) lists the rule of every kernel.",
+            stacklevel=2,
+        )
+    return new_model
+
+
+CALLER = "keras_fa.convert"
+
+#: The `feedback_initializer` of `convert` that draws each layer's
+#: feedback weights like its forward kernel.
+KERNEL = "kernel"
+
+
+def _check_convertible(model):
     check_model(
         model,
-        "keras_fa.convert",
+        CALLER,
         "a Sequential or functional keras.Model (not a layer)",
     )
     if not is_graph_model(model):
@@ -96,10 +124,15 @@ def convert(
             "Use keras_fa layers (keras_fa.FADense, FAConv2D, ...) in its "
             "code instead."
         )
+
+
+def _check_arguments(feedback, feedback_initializer, seed, strict):
+    """Returns the serialized `feedback` and `feedback_initializer` of
+    every replaced layer, and the seed, or raises a clear error."""
     rule = _get_rule(feedback)
-    like_kernel = feedback_initializer == KERNEL
+    kernel_like = feedback_initializer == KERNEL
     initializer = get_feedback_initializer(
-        "glorot_uniform" if like_kernel else feedback_initializer
+        "glorot_uniform" if kernel_like else feedback_initializer
     )
     seed = standardize_seed(seed)
     if not isinstance(strict, bool):
@@ -115,22 +148,25 @@ def convert(
         feedback_initializer=initializer,
         name="keras_fa_convert_check",
     )
-    left_on_backprop = _left_on_backprop(model)
-    if left_on_backprop and strict:
-        raise ValueError(left_on_backprop + "(Raised because strict=True.)")
+    feedback_config = dict(
+        feedback=feedback_lib.serialize(rule),
+        feedback_initializer=KERNEL
+        if kernel_like
+        else keras.initializers.serialize(initializer),
+    )
+    return feedback_config, seed
 
+
+def _clone(model, feedback_config, seed):
+    """The converted copy of `model`, with its weights: copied layer i (in
+    the order `keras.models.clone_model` copies them) gets the seed
+    `layer_seed(seed, i)`."""
     copies = []
 
     def clone(operation):
         if not isinstance(operation, keras.layers.Layer):
             return copy_operation(operation, CALLER)
-        config = dict(
-            feedback=feedback_lib.serialize(rule),
-            feedback_initializer=KERNEL
-            if like_kernel
-            else keras.initializers.serialize(initializer),
-            seed=layer_seed(seed, len(copies)),
-        )
+        config = dict(feedback_config, seed=layer_seed(seed, len(copies)))
         new, replaced = _clone_layer(operation, config)
         copies.append((operation, new, replaced))
         return new
@@ -142,20 +178,7 @@ def convert(
         _copy_weights(old, new, replaced)
     if _shared_across_models(new_model):
         new_model = _inline_models(new_model)
-    if left_on_backprop:
-        warnings.warn(
-            left_on_backprop + "Pass strict=True to make this an error; "
-            "keras_fa.feedback_summary(model) lists the rule of every kernel.",
-            stacklevel=2,
-        )
     return new_model
-
-
-CALLER = "keras_fa.convert"
-
-#: The `feedback_initializer` of `convert` that draws each layer's
-#: feedback weights like its forward kernel.
-KERNEL = "kernel"
 
 
 def _shared_across_models(model):
@@ -175,37 +198,17 @@ def _shared_across_models(model):
 
 def _inline_models(model):
     """Returns a functional model of the same layers with the graph models
-    called in `model` inlined.
+    called once in `model` inlined (see `keras_fa.cloning.InlinedGraph`).
 
     Keras saves a layer shared by two nested models twice and loads it as
     two layers, untying it; in one graph it is saved once. Kernel paths
     then start at the inlined layers ("transformer_layer_0/..." for
     "gpt2_backbone/transformer_layer_0/...").
     """
-
-    def operation_fn(operation):
-        if not is_graph_model(operation):
-            return operation
-        inner = operation
-        if isinstance(operation, keras.Sequential):
-            inner = operation._functional
-
-        def call(inputs, *args, **kwargs):
-            inputs = inner._standardize_inputs(inputs)
-            return inner._run_through_graph(inputs, operation_fn=operation_fn)
-
-        return call
-
-    new_inputs = [
-        keras.Input(
-            batch_shape=tensor.shape,
-            dtype=tensor.dtype,
-            name=tensor._keras_history.operation.name,
-        )
-        for tensor in model.inputs
-    ]
-    outputs = model._run_through_graph(new_inputs, operation_fn=operation_fn)
-    inputs = keras.tree.pack_sequence_as(model._inputs_struct, new_inputs)
+    inputs = fresh_inputs(model)
+    outputs = InlinedGraph(model).replay(
+        inputs, lambda node, args, kwargs: node.operation(*args, **kwargs)
+    )
     inlined = keras.Model(inputs, outputs, name=model.name)
     if model.compiled:
         inlined.compile_from_config(model.get_compile_config())
@@ -213,7 +216,7 @@ def _inline_models(model):
 
 
 def _get_rule(feedback):
-    if isinstance(feedback, str) and feedback.lower() in DIRECT_RULES:
+    if feedback_lib.is_direct(feedback):
         raise ValueError(
             f"feedback={feedback!r} is a direct rule: it sends the output "
             "error to every hidden layer, which a layer-by-layer conversion "

@@ -40,27 +40,33 @@ import math
 import keras
 from keras import ops
 
+from keras_fa import feedback as feedback_lib
 from keras_fa import tracing
+from keras_fa.cloning import InlinedGraph
+from keras_fa.cloning import all_layers
 from keras_fa.cloning import copy_operation
-from keras_fa.layers.base import feedback_seed
+from keras_fa.cloning import fresh_inputs
+from keras_fa.cloning import is_graph_model
+from keras_fa.cloning import node_of
 from keras_fa.layers.base import get_feedback_initializer
-from keras_fa.layers.base import reseeded
-from keras_fa.layers.base import standardize_seed
+from keras_fa.seeding import feedback_seed
+from keras_fa.seeding import reseeded
+from keras_fa.seeding import standardize_seed
 
 CALLER = "keras_fa.direct_feedback"
 #: How a tap with positions the logits do not have gets its signal.
 POSITIONS = ("flatten", "shared")
-DIRECT_RULES = ("dfa", "drtp", "shallow")
+#: The direct rules, from the one rule namespace (`keras_fa.feedback`).
+DIRECT_RULES = tuple(feedback_lib.names("direct"))
 
 
-def _check_rule(feedback):
-    if not isinstance(feedback, str) or feedback.lower() not in DIRECT_RULES:
+def _check_positions(positions):
+    if positions not in POSITIONS:
         raise ValueError(
-            f"Unknown direct feedback rule {feedback!r}. Allowed: "
-            f"{', '.join(DIRECT_RULES)}. (Layer-wise rules such as 'fa' "
-            "go to the layers: keras_fa.FADense(..., feedback='fa').)"
+            f"`positions` must be one of {', '.join(POSITIONS)}. "
+            f"Received: positions={positions!r}"
         )
-    return feedback.lower()
+    return positions
 
 
 @keras.saving.register_keras_serializable(package="keras_fa")
@@ -173,14 +179,9 @@ class DirectFeedback(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.feedback = _check_rule(feedback)
+        self.feedback = feedback_lib.get_direct(feedback)
         self.seed = standardize_seed(seed)
-        if positions not in POSITIONS:
-            raise ValueError(
-                f"`positions` must be one of {', '.join(POSITIONS)}. "
-                f"Received: positions={positions!r}"
-            )
-        self.positions = positions
+        self.positions = _check_positions(positions)
         self._unseeded_feedback_initializer = get_feedback_initializer(
             feedback_initializer
         )
@@ -451,6 +452,7 @@ class DirectFeedbackModel(keras.Model):
         # refuses a built optimizer and would replace the user's own
         # exclusions (by variable and by name): added to them here.
         excluded = set(getattr(optimizer, "_exclude_from_weight_decay", ()))
+        # The optimizer keys its exclusions privately, by `_var_key`.
         excluded |= {optimizer._var_key(v) for v in untrained}
         optimizer._exclude_from_weight_decay = excluded
         optimizer._exclude_from_weight_decay_cache = {}
@@ -467,7 +469,7 @@ class DirectFeedbackModel(keras.Model):
         )
         if not training:
             return loss
-        for layer in self._flatten_layers(include_self=False):
+        for layer in all_layers(self, include_self=False):
             if (
                 y is not None
                 and isinstance(layer, DirectFeedback)
@@ -520,7 +522,7 @@ class _ShallowCut:
         self.reached, self.below = [], []
         if not any(
             isinstance(layer, DirectFeedback) and layer.feedback == "shallow"
-            for layer in model._flatten_layers(include_self=False)
+            for layer in all_layers(model, include_self=False)
         ):
             return
         reached, everything = {}, {}
@@ -528,8 +530,8 @@ class _ShallowCut:
             seen = set()
             stack = list(keras.tree.flatten(model.outputs))
             while stack:
-                op, index, _ = stack.pop()._keras_history
-                node = op._inbound_nodes[index]
+                node = node_of(stack.pop())
+                op = node.operation
                 if id(node) in seen:
                     continue
                 seen.add(id(node))
@@ -562,128 +564,7 @@ def _has_kernel(layer):
     )
 
 
-def _graph_of(layer):
-    """The functional graph of a Sequential or functional model, else None."""
-    from keras_fa.summary import is_graph_model
-
-    if not is_graph_model(layer):
-        return None
-    if isinstance(layer, keras.Sequential):
-        return layer._functional
-    return layer
-
-
-def _nodes(graph):
-    """The calls of `graph` (a functional model), inputs first."""
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                yield node
-
-
-def _nested_inputs(inner, node):
-    """The tensors a call `node` of the model `inner` passes to its inputs,
-    in the order of `inner.inputs`; None where it cannot be inlined."""
-    args, kwargs = node.arguments.args, node.arguments.kwargs
-    if len(args) != 1 or any(v is not None for v in keras.tree.flatten(kwargs)):
-        return None
-    value, struct = args[0], inner._inputs_struct
-    if isinstance(value, dict) and not isinstance(struct, dict):
-        names = [t._keras_history.operation.name for t in inner.inputs]
-        if not set(names) <= set(value):
-            return None
-        flat = [value[name] for name in names]
-    else:
-        flat = keras.tree.flatten(value)
-    if len(flat) != len(inner.inputs) or not all(
-        isinstance(t, keras.KerasTensor) and len(t.shape) == len(i.shape)
-        for t, i in zip(flat, inner.inputs)
-    ):
-        return None
-    return flat
-
-
-class _Graph:
-    """A model's graph with the Sequential and functional models called in
-    it inlined (those called once): the calls of layers and operations in
-    the order they run, and how the tensors of the nested models map onto
-    them."""
-
-    def __init__(self, model):
-        self.model = model
-        self.counts = collections.Counter()  # calls per operation id
-        self._count(_graph_of(model))
-        self.nodes = []  # (node, path) of every call, in order
-        self.outputs_of = collections.defaultdict(list)  # id(op) -> outputs
-        self.operations = {}  # id -> every op or inlined model, with path
-        self._alias = {}
-        self._inline(_graph_of(model), ())
-        self.producer = {
-            id(t): node for node, _ in self.nodes for t in node.outputs
-        }
-
-    def _count(self, graph):
-        for node in _nodes(graph):
-            self.counts[id(node.operation)] += 1
-            inner = _graph_of(node.operation)
-            if inner is not None:
-                self._count(inner)
-
-    def _inline(self, graph, path):
-        for node in _nodes(graph):
-            op = node.operation
-            self.outputs_of[id(op)].append(node.outputs)
-            self.operations[id(op)] = (op, path + (op.name,))
-            inner = _graph_of(op)
-            flat = None
-            if inner is not None and self.counts[id(op)] == 1:
-                flat = _nested_inputs(inner, node)
-            if flat is None:
-                self.nodes.append((node, path))
-                continue
-            for inner_input, outer in zip(inner.inputs, flat):
-                if inner_input is not outer:
-                    self._alias[id(inner_input)] = outer
-            self._inline(inner, path + (op.name,))
-            for outer, inner_output in zip(node.outputs, inner.outputs):
-                self._alias[id(outer)] = inner_output
-
-    def resolve(self, tensor):
-        """The tensor of the inlined graph that `tensor` stands for."""
-        while id(tensor) in self._alias:
-            tensor = self._alias[id(tensor)]
-        return tensor
-
-    def ancestors(self, tensor):
-        """Ids of the tensors `tensor` is computed from, itself included."""
-        seen, stack = set(), [self.resolve(tensor)]
-        while stack:
-            t = stack.pop()
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            node = self.producer.get(id(t))
-            if node is not None:
-                stack.extend(self.resolve(x) for x in node.input_tensors)
-        return seen
-
-    def output(self, op):
-        """The single output tensor of `op`'s single call."""
-        return self.resolve(self.outputs_of[id(op)][0][0])
-
-    def named(self, name):
-        """The operations (and inlined models) called `name` or whose path
-        is `name` ("outer/inner")."""
-        return [
-            op
-            for op, path in self.operations.values()
-            if name == op.name or name == "/".join(path)
-        ]
-
-    def path(self, op):
-        return "/".join(self.operations[id(op)][1])
-
-
+# long: its public docstring is 75 lines; the body is 10, in named steps.
 def direct_feedback(
     model,
     feedback="dfa",
@@ -767,15 +648,22 @@ def direct_feedback(
     >>> dfa_lm = keras_fa.direct_feedback(
     ...     lm, "dfa", taps=["transformer_layer_0", "transformer_layer_1"])
     """
-    feedback = _check_rule(feedback)
-    if positions not in POSITIONS:
-        raise ValueError(
-            f"`positions` must be one of {', '.join(POSITIONS)}. "
-            f"Received: positions={positions!r}"
-        )
-    seed = standardize_seed(seed)
-    initializer = get_feedback_initializer(feedback_initializer)
+    head_config = dict(
+        feedback=feedback_lib.get_direct(feedback),
+        positions=_check_positions(positions),
+        seed=standardize_seed(seed),
+        feedback_initializer=get_feedback_initializer(feedback_initializer),
+    )
     graph = _check_model(model)
+    logits, taps = _logits_and_taps(graph, taps, head_config["feedback"])
+    activation = _output_activation(graph, logits)
+    return _rebuild(graph, taps, logits, activation, head_config)
+
+
+def _logits_and_taps(graph, taps, feedback):
+    """The logits of `graph.model` and the tensors to tap: `taps`
+    resolved, or the blocks of a Sequential model when it is None."""
+    model = graph.model
     sequential = isinstance(model, keras.Sequential)
     if sequential:
         logits, block_taps = _sequential_blocks(model, graph)
@@ -789,36 +677,29 @@ def direct_feedback(
     if taps is None and not sequential:
         raise ValueError(_no_taps_message(graph, logits, feedback))
     taps = block_taps if taps is None else _resolve_taps(graph, taps, logits)
+    return logits, taps
+
+
+def _output_activation(graph, logits):
+    """The non-linear activation of the layer computing the logits, which
+    moves after the head, or None."""
     output_layer = graph.producer[id(logits)].operation
     activation = getattr(output_layer, "activation", None)
     if activation is keras.activations.linear or not callable(activation):
-        activation = None
-    if activation is not None and graph.counts[id(output_layer)] > 1:
+        return None
+    if graph.counts[id(output_layer)] > 1:
         raise ValueError(
-            f"The logits of model '{model.name}' come from layer "
+            f"The logits of model '{graph.model.name}' come from layer "
             f"'{output_layer.name}', which is called "
             f"{graph.counts[id(output_layer)]} times: its activation cannot "
             "move after the DirectFeedback head. Give the model an output "
             "layer of its own."
         )
-    return _rebuild(
-        graph,
-        taps,
-        logits,
-        activation,
-        dict(
-            feedback=feedback,
-            feedback_initializer=initializer,
-            seed=seed,
-            positions=positions,
-        ),
-    )
+    return activation
 
 
 def _check_model(model):
-    """Returns the `_Graph` of `model`, or raises a clear error."""
-    from keras_fa.summary import is_graph_model
-
+    """Returns the `InlinedGraph` of `model`, or raises a clear error."""
     if not isinstance(model, keras.Model) or not is_graph_model(model):
         kind = type(model).__name__
         raise ValueError(
@@ -828,7 +709,8 @@ def _check_model(model):
             + ". For other models, place keras_fa.BlockGradient and "
             "keras_fa.DirectFeedback yourself (see DirectFeedback)."
         )
-    if _graph_of(model) is None or not model.inputs:
+    # An unbuilt Sequential model has no `inputs` (AttributeError).
+    if not getattr(model, "inputs", None):
         raise ValueError(
             f"Build the model '{model.name}' first: start it with keras.Input."
         )
@@ -837,7 +719,7 @@ def _check_model(model):
             "keras_fa.direct_feedback needs a model with one output, the "
             f"logits. Model '{model.name}' has {len(model.outputs)}."
         )
-    graph = _Graph(model)
+    graph = InlinedGraph(model)
     for node, _ in graph.nodes:
         if isinstance(node.operation, DirectFeedback):
             raise ValueError(
@@ -905,7 +787,7 @@ def _resolve_taps(graph, taps, logits):
 
 def _tap_tensor(graph, item, inputs):
     model = graph.model
-    input_names = {t._keras_history.operation.name: t for t in inputs.values()}
+    input_names = {node_of(t).operation.name: t for t in inputs.values()}
     if isinstance(item, keras.KerasTensor):
         tensor = graph.resolve(item)
         node = graph.producer.get(id(tensor))
@@ -935,7 +817,7 @@ def _tap_tensor(graph, item, inputs):
             )
         op = found[0]
     elif isinstance(item, keras.Operation):
-        if any(item is t._keras_history.operation for t in inputs.values()):
+        if any(item is node_of(t).operation for t in inputs.values()):
             return item.output
         if id(item) not in graph.operations:
             raise ValueError(
@@ -993,7 +875,7 @@ def _is_add(op):
 def _is_block(op):
     # A layer made of layers with kernels: a transformer block, attention.
     return isinstance(op, keras.layers.Layer) and any(
-        _has_kernel(layer) for layer in op._flatten_layers(include_self=False)
+        _has_kernel(layer) for layer in all_layers(op, include_self=False)
     )
 
 
@@ -1045,87 +927,81 @@ def _candidates(graph, logits):
 
 
 def _rebuild(graph, taps, logits, activation, head_config):
-    """Builds the direct-feedback copy of `graph.model`."""
-    model = graph.model
-    used = set()
-
-    def unique(name):
-        candidate, i = name, 0
-        while candidate in used:
-            i += 1
-            candidate = f"{name}_{i}"
-        used.add(candidate)
-        return candidate
-
-    for t in model.inputs:
-        used.add(t._keras_history.operation.name)
-    # Top-level layers keep their names; an inlined one whose name is taken
-    # gets the names of the models it was in.
-    names = {}
-    for node, path in sorted(graph.nodes, key=lambda item: len(item[1]) > 0):
-        op = node.operation
-        if id(op) not in names:
-            name = (
-                op.name if op.name not in used else "_".join(path + (op.name,))
-            )
-            names[id(op)] = unique(name)
-
-    def new_input(tensor):
-        layer = tensor._keras_history.operation
-        return keras.Input(
-            batch_shape=tensor.shape,
-            dtype=tensor.dtype,
-            sparse=tensor.sparse,
-            name=layer.name,
-            optional=getattr(layer, "optional", False),
-        )
-
-    if isinstance(model, keras.Sequential):
-        new_inputs = new_input(model.inputs[0])
-    else:
-        new_inputs = keras.tree.map_structure(new_input, model._inputs_struct)
-    values = {
-        id(t): new
-        for t, new in zip(model.inputs, keras.tree.flatten(new_inputs))
-    }
-    tap_index = {id(t): i for i, t in enumerate(taps)}
-    tapped = [None] * len(taps)
+    """Builds the direct-feedback copy of `graph.model`: a copy of each
+    layer and operation called as in the inlined graph, each tap cut by a
+    `BlockGradient`, the head after the logits."""
+    names = _Names(graph)
     output_layer = graph.producer[id(logits)].operation
     copies = {}
 
-    def value(x):
-        if isinstance(x, keras.KerasTensor):
-            return values[id(graph.resolve(x))]
-        return x
-
-    for node, _ in graph.nodes:
+    def call(node, args, kwargs):
         op = node.operation
         if id(op) not in copies:
-            copy = copy_operation(op, CALLER, names[id(op)])
-            copies[id(op)] = (op, copy)
+            copy = copy_operation(op, CALLER, names.of[id(op)])
             if op is output_layer and activation is not None:
-                copies[id(op)][1].activation = keras.activations.linear
-        args, kwargs = node.arguments.convert(value)
-        outputs = keras.tree.flatten(copies[id(op)][1](*args, **kwargs))
-        for x, y in zip(node.outputs, outputs):
-            if id(x) in tap_index:
-                tapped[tap_index[id(x)]] = y
-                y = BlockGradient(name=unique("block_gradient"))(y)
-            if x is logits:
-                head = DirectFeedback(
-                    **head_config, name=unique("direct_feedback")
-                )
-                y = head([y, *tapped])
-                if activation is not None:
-                    y = keras.layers.Activation(
-                        activation, name=unique("activation")
-                    )(y)
-            values[id(x)] = y
+                copy.activation = keras.activations.linear
+            copies[id(op)] = (op, copy)
+        return copies[id(op)][1](*args, **kwargs)
+
+    place = _place_head(taps, logits, activation, head_config, names.unique)
+    inputs = fresh_inputs(graph.model)
+    outputs = graph.replay(inputs, call, on_output=place)
     for old, new in copies.values():
         if isinstance(old, keras.layers.Layer):
             _copy_weights(old, new)
-    outputs = values[id(graph.resolve(model.outputs[0]))]
-    return DirectFeedbackModel(new_inputs, outputs)
+    return DirectFeedbackModel(inputs, keras.tree.flatten(outputs)[0])
+
+
+class _Names:
+    """The names of the copy's layers, each used once: `of[id(op)]` for
+    the copy of each operation of the graph, `unique(name)` for new ones.
+
+    Layers of the top level keep their names; an inlined one whose name is
+    taken gets the names of the models it was in."""
+
+    def __init__(self, graph):
+        self.used = {node_of(t).operation.name for t in graph.model.inputs}
+        self.of = {}
+        top_first = sorted(graph.nodes, key=lambda item: len(item[1]) > 0)
+        for node, path in top_first:
+            op = node.operation
+            if id(op) not in self.of:
+                name = op.name
+                if name in self.used:
+                    name = "_".join(path + (op.name,))
+                self.of[id(op)] = self.unique(name)
+
+    def unique(self, name):
+        """`name`, or `name_1`, `name_2`... if it is taken; then taken."""
+        candidate, i = name, 0
+        while candidate in self.used:
+            i += 1
+            candidate = f"{name}_{i}"
+        self.used.add(candidate)
+        return candidate
+
+
+def _place_head(taps, logits, activation, head_config, unique):
+    """Returns the `on_output` of `InlinedGraph.replay` that cuts each tap
+    with a `BlockGradient` and puts the `DirectFeedback` head (and the
+    moved activation) after the logits."""
+    tap_index = {id(t): i for i, t in enumerate(taps)}
+    tapped = [None] * len(taps)
+
+    def place(old, new):
+        if id(old) in tap_index:
+            tapped[tap_index[id(old)]] = new
+            new = BlockGradient(name=unique("block_gradient"))(new)
+        if old is logits:
+            head = DirectFeedback(**head_config, name=unique("direct_feedback"))
+            new = head([new, *tapped])
+            if activation is not None:
+                new = keras.layers.Activation(
+                    activation, name=unique("activation")
+                )(new)
+        return new
+
+    return place
 
 
 def _copy_weights(old, new):

@@ -5,7 +5,11 @@ import typing
 
 import keras
 
-from keras_fa.cloning import is_graph_model  # noqa: F401 (public here)
+from keras_fa.cloning import all_layers
+from keras_fa.cloning import created_trainable
+from keras_fa.cloning import is_graph_model
+from keras_fa.cloning import node_of
+from keras_fa.cloning import sublayers
 from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
 from keras_fa.layers import FAReversibleEmbedding
@@ -103,7 +107,7 @@ def kernels(model):
     # A separable convolution's kernels follow the FeedbackKernel sub-layer
     # that uses them, not the layer that holds them.
     units = {}
-    for layer in model._flatten_layers(include_self=True):
+    for layer in all_layers(model):
         if isinstance(layer, FeedbackKernel):
             units[id(layer.kernel)] = layer
     found = []
@@ -134,7 +138,7 @@ def kernels(model):
                     note,
                 )
             )
-        for sublayer in layer._layers:
+        for sublayer in sublayers(layer):
             visit(sublayer, names + [sublayer.name], top, top_path)
 
     visit(model, [], None, None)
@@ -149,7 +153,7 @@ def _own_kernels(layer, feedback_ids):
     bias = getattr(layer, "bias", None)
     return [
         v
-        for v in layer._trainable_variables
+        for v in created_trainable(layer)
         if len(v.shape) >= 2 and id(v) not in feedback_ids and v is not bias
     ]
 
@@ -184,13 +188,18 @@ def _with_direct_rules(model, found):
     # down to the cuts below, learn from the head's signal, whatever their
     # own rule.
     direct = {}
-    for head in model._flatten_layers(include_self=False):
-        if not isinstance(head, DirectFeedback) or not head._inbound_nodes:
+    for head in all_layers(model, include_self=False):
+        if not isinstance(head, DirectFeedback):
             continue
-        for tap in head._inbound_nodes[0].input_tensors[1:]:
+        try:
+            inputs = keras.tree.flatten(head.input)  # of its first call
+        except AttributeError:  # never called
+            continue
+        for tap in inputs[1:]:
             for operation in _region_below(tap):
                 direct.setdefault(id(operation), head.feedback)
     return [
+        # `_replace` is the public API of a named tuple.
         kernel._replace(rule=direct[id(kernel.top)])
         if id(kernel.top) in direct
         else kernel
@@ -205,19 +214,17 @@ def _region_below(tensor):
     way. Residual branches (`x + f(x)`) are followed on both sides."""
     found, seen, stack = [], set(), [tensor]
     while stack:
-        history = getattr(stack.pop(), "_keras_history", None)
-        if history is None:
+        node = node_of(stack.pop())
+        if node is None:
             continue
-        operation = history.operation
+        operation = node.operation
         if isinstance(operation, (BlockGradient, keras.layers.InputLayer)):
             continue
-        key = (id(operation), history.node_index)
-        if key in seen:
+        if id(node) in seen:
             continue
-        seen.add(key)
+        seen.add(id(node))
         if isinstance(operation, keras.layers.Layer):
-            found.extend(operation._flatten_layers(include_self=True))
-        node = operation._inbound_nodes[history.node_index]
+            found.extend(all_layers(operation))
         stack.extend(node.input_tensors)
     return found
 

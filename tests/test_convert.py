@@ -9,6 +9,7 @@ from keras import ops
 
 import keras_fa
 from keras_fa.layers import REPLACEMENTS
+from keras_fa.seeding import layer_seed
 from tests.gradients import layer_gradients
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp")
@@ -310,7 +311,50 @@ def test_convert_takes_rule_names_in_any_case():
 def test_convert_negative_seed_is_taken_modulo():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     converted = keras_fa.convert(model, seed=-1)
-    assert converted.layers[0].seed == 2**31 - 1
+    # Layer 0's seed is keras_fa.seeding.layer_seed(-1, 0).
+    assert converted.layers[0].seed == 2**31 - 1000
+
+
+def test_convert_layer_seeds_follow_the_seeding_scheme():
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(2), keras.layers.Dense(2)]
+    )
+    converted = keras_fa.convert(model, seed=5)
+    assert [layer.seed for layer in converted.layers] == [
+        layer_seed(5, i) for i in range(2)
+    ]
+    assert [layer.seed for layer in converted.layers] == [5000, 5001]
+
+
+def test_a_layer_shared_with_a_nested_model_is_saved_once(tmp_path):
+    # A tied embedding, in a backbone and in the head: convert inlines the
+    # backbone, so that saving keeps the table one layer.
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    tied = keras.layers.ReversibleEmbedding(7, 4, name="tied")
+    hidden = keras.layers.Dense(4, name="dense")(tied(ids))
+    backbone = keras.Model(ids, hidden, name="backbone")
+    tokens = keras.Input((3,), dtype="int32", name="tokens")
+    model = keras.Model(tokens, tied(backbone(tokens), reverse=True))
+    converted = keras_fa.convert(model, "fa", seed=0)
+    assert [layer.name for layer in converted.layers] == [
+        "tokens",
+        "tied",
+        "dense",
+    ]
+    x = np.array([[0, 1, 2], [6, 5, 4]], dtype="int32")
+    np.testing.assert_allclose(
+        numpy(converted(x)), numpy(model(x)), atol=1e-6
+    )
+    path = str(tmp_path / "tied.keras")
+    converted.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(numpy(loaded(x)), numpy(converted(x)))
+    tables = [
+        layer
+        for layer in flat_layers(loaded)
+        if isinstance(layer, keras_fa.FAReversibleEmbedding)
+    ]
+    assert len(tables) == 1
 
 
 def kernel_updates_of_one_step(model, x, y):
@@ -763,8 +807,9 @@ def test_a_converted_custom_layer_sends_the_error_through_b(compiled):
     assert isinstance(block, TwoDense) and type(block) is not TwoDense
     first, second = block.stack
     assert type(first) is type(second) is keras_fa.FADense
-    # Layer 0 of the model gets seed 3; inner layer k, 3 + k (as attention).
-    assert [first.seed, second.seed] == [3, 4]
+    # Layer 0 of the model gets the seed layer_seed(3, 0) = 3000; its inner
+    # layer k, layer_seed(3000, k) (as attention's projections).
+    assert [first.seed, second.seed] == [3_000_000, 3_000_001]
     x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
     up = np.random.default_rng(1).normal(size=(5, 3)).astype("float32")
     out, dx, grads, _ = layer_gradients(block, x, up, compiled)

@@ -29,11 +29,20 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import keras_fa
 import keras_fa.datasets
 from tests import _cross_backend_direct
+from tests._direct_helpers import ATOL
+from tests._direct_helpers import RTOL
+from tests._direct_helpers import f64
+from tests._direct_helpers import head_of
+from tests._direct_helpers import layers_of
+from tests._direct_helpers import linear_loss
+from tests._direct_helpers import model_gradients
+from tests._direct_helpers import numpy
+from tests._direct_helpers import random_init
+from tests._direct_helpers import softmax
 from tests.gradients import BACKEND
 from tests.gradients import np_conv
 
@@ -41,8 +50,6 @@ RULES = ("dfa", "drtp", "shallow")
 MODELS = ("mlp", "cnn", "functional")
 N = 8  # batch size
 N_OUT = 3
-ATOL = 2e-5
-RTOL = 2e-4
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,33 +65,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
-
-
-def f64(x):
-    return numpy(x).astype(np.float64)
-
-
-def softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(-1, keepdims=True)
-
-
-def random_init(seed, mean=0.0, stddev=0.5):
-    return keras.initializers.RandomNormal(mean, stddev, seed=seed)
-
-
-def layers_of(model, cls):
-    return [layer for layer in model.layers if type(layer) is cls]
-
-
-def head_of(model):
-    (head,) = layers_of(model, keras_fa.DirectFeedback)
-    return head
 
 
 # ---------------------------------------------------------------------------
@@ -310,84 +290,6 @@ def hidden_variables(model):
     return [v for v in model.trainable_variables if id(v) not in skip]
 
 
-# ---------------------------------------------------------------------------
-# Gradients of `loss_fn(model(x, training=True))` on the active backend.
-
-
-def model_gradients(model, x, loss_fn, compiled=False):
-    """Returns `{path: gradient}` of every trainable variable (zeros where
-    the backend reports none)."""
-    trainable = [numpy(v) for v in model.trainable_variables]
-    non_trainable = [numpy(v) for v in model.non_trainable_variables]
-    grads = _MODEL_GRADIENTS[BACKEND](
-        model, trainable, non_trainable, x, loss_fn, compiled
-    )
-    return {
-        v.path: np.zeros_like(t) if g is None else numpy(g)
-        for v, t, g in zip(model.trainable_variables, trainable, grads)
-    }
-
-
-def _tf_model_gradients(model, trainable, non_trainable, x, loss_fn, compiled):
-    import tensorflow as tf
-
-    def f(trainable, non_trainable, x):
-        with tf.GradientTape() as tape:
-            tape.watch(trainable)
-            y_pred, _ = model.stateless_call(
-                trainable, non_trainable, x, training=True
-            )
-            loss = loss_fn(y_pred)
-        return tape.gradient(loss, trainable)
-
-    if compiled:
-        f = tf.function(f, jit_compile=True)
-    return f(
-        [tf.constant(v) for v in trainable],
-        [tf.constant(v) for v in non_trainable],
-        tf.constant(x),
-    )
-
-
-def _jax_model_gradients(model, trainable, non_trainable, x, loss_fn, compiled):
-    import jax
-
-    def loss(trainable, non_trainable, x):
-        y_pred, _ = model.stateless_call(
-            trainable, non_trainable, x, training=True
-        )
-        return loss_fn(y_pred)
-
-    f = jax.grad(loss)
-    if compiled:
-        f = jax.jit(f)
-    return f(trainable, non_trainable, x)
-
-
-def _torch_model_gradients(
-    model, trainable, non_trainable, x, loss_fn, compiled
-):
-    import torch
-
-    assert not compiled, "torch is checked eagerly"
-    trainable = [torch.tensor(v, requires_grad=True) for v in trainable]
-    y_pred, _ = model.stateless_call(
-        trainable,
-        [torch.tensor(v) for v in non_trainable],
-        torch.tensor(x),
-        training=True,
-    )
-    grads = torch.autograd.grad(loss_fn(y_pred), trainable, allow_unused=True)
-    return [None if g is None else g.detach() for g in grads]
-
-
-_MODEL_GRADIENTS = {
-    "tensorflow": _tf_model_gradients,
-    "jax": _jax_model_gradients,
-    "torch": _torch_model_gradients,
-}
-
-
 def assert_gradients(actual, expected, what):
     assert sorted(actual) == sorted(expected)
     for path, value in expected.items():
@@ -461,11 +363,6 @@ def check_rule(name, rule):
             assert np.array_equal(numpy(v), before[v.path]), (what, v.path)
     for b, value in zip(head_of(model).feedback_kernels, feedback):
         assert np.array_equal(numpy(b), value), what  # B is fixed
-
-
-def linear_loss(upstream):
-    """A loss whose gradient with respect to `y_pred` is `upstream`."""
-    return lambda y_pred: ops.sum(y_pred * ops.convert_to_tensor(upstream))
 
 
 def drtp_gradients(model, x, y, loss, scale=1.0, with_targets=True):

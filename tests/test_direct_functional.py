@@ -25,16 +25,16 @@ from keras import layers
 from keras import ops
 
 import keras_fa
-from tests.test_direct import ATOL
-from tests.test_direct import BACKEND
-from tests.test_direct import RTOL
-from tests.test_direct import f64
-from tests.test_direct import head_of
-from tests.test_direct import linear_loss
-from tests.test_direct import model_gradients
-from tests.test_direct import numpy
-from tests.test_direct import random_init
-from tests.test_direct import softmax
+from tests._direct_helpers import ATOL
+from tests._direct_helpers import RTOL
+from tests._direct_helpers import f64
+from tests._direct_helpers import head_of
+from tests._direct_helpers import linear_loss
+from tests._direct_helpers import model_gradients
+from tests._direct_helpers import numpy
+from tests._direct_helpers import random_init
+from tests._direct_helpers import softmax
+from tests.gradients import BACKEND
 
 N = 4  # batch size
 T = 3  # positions

@@ -22,9 +22,11 @@ import keras
 
 from keras_fa import feedback as feedback_lib
 from keras_fa.cloning import is_graph_model
+from keras_fa.cloning import replace_sublayer
+from keras_fa.cloning import sublayers
 from keras_fa.layers.base import get_feedback_initializer
-from keras_fa.layers.base import layer_seed
-from keras_fa.layers.base import standardize_seed
+from keras_fa.seeding import layer_seed
+from keras_fa.seeding import standardize_seed
 
 #: The key of a converted layer's config that holds its rule.
 CONFIG_KEY = "keras_fa"
@@ -45,7 +47,7 @@ def replaceable_sublayers(layer):
     aside) that have a keras_fa version: those a converted `layer` puts
     on a feedback rule."""
     found = []
-    for sublayer in layer._layers:
+    for sublayer in sublayers(layer):
         if type(sublayer) in _replacements():
             found.append(sublayer)
         elif not is_graph_model(sublayer):
@@ -216,8 +218,9 @@ def _base_class(identity):
 
 def _replace_sublayers(layer, feedback_config, seed, counter):
     """Replaces, depth first, every inner layer of `layer` that has a
-    keras_fa version; inner layer k (in that order) gets `seed + k`."""
-    for old in list(layer._layers):
+    keras_fa version; inner layer k (in that order) gets the seed
+    `keras_fa.seeding.layer_seed(seed, k)`."""
+    for old in sublayers(layer):
         target = _replacements().get(type(old))
         if target is None:
             if not is_graph_model(old):
@@ -232,7 +235,7 @@ def _replace_sublayers(layer, feedback_config, seed, counter):
         if old.built:
             new.build_from_config(old.get_build_config())
             _copy_forward_weights(old, new)
-        _replace_attribute(layer, old, new)
+        replace_sublayer(layer, old, new)
 
 
 def _copy_forward_weights(old, new):
@@ -249,26 +252,3 @@ def _copy_forward_weights(old, new):
     for target, source in zip(targets, old.weights):
         target.assign(source)
 
-
-def _replace_attribute(layer, old, new):
-    """Makes `layer` hold `new` wherever it held `old`: in its attributes,
-    in the lists of layers among them, and in what Keras tracks."""
-    layer._tracker.replace_tracked_value("layers", old, new)
-    # On torch, layers are torch modules: their sub-layer attributes live in
-    # `_modules`, not in `__dict__`.
-    names = list(vars(layer)) + list(getattr(layer, "_modules", None) or ())
-    for name in names:
-        if name in ("_layers", "_modules", "_tracker"):
-            continue
-        value = getattr(layer, name, None)
-        if value is old:
-            # Through Keras's __setattr__: `new` is already tracked.
-            setattr(layer, name, new)
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if item is old:
-                    value[i] = new
-        elif isinstance(value, dict):
-            for key, item in list(value.items()):
-                if item is old:
-                    value[key] = new
