@@ -59,14 +59,10 @@ one thread (`--threads 1`, the default here) hardly depends on other work;
 judge the ratios by the CPU ratio.
 """
 
-import argparse
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -74,16 +70,7 @@ import numpy as np
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
-from benchmarks.shared import check_output_path  # noqa: E402
-from benchmarks.shared import int_in  # noqa: E402
-from benchmarks.shared import jit_compile  # noqa: E402
-from benchmarks.shared import limit_threads  # noqa: E402
-from benchmarks.shared import names  # noqa: E402
-from benchmarks.shared import non_negative_int  # noqa: E402
-from benchmarks.shared import positive_float  # noqa: E402
-from benchmarks.shared import positive_int  # noqa: E402
-from benchmarks.shared import positive_ints  # noqa: E402
-from benchmarks.shared import write_atomic  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
 MODELS = ("mlp", "mlp-wide", "cnn")
@@ -142,6 +129,7 @@ INPUT_SHAPES = {"mlp": (64,), "mlp-wide": (784,), "cnn": (8, 8, 1)}
 
 
 def make_data(model_name, n, seed=0):
+    """Returns `n` random examples `(x, y)` for `model_name`."""
     rng = np.random.default_rng(seed)
     x = rng.random((n, *INPUT_SHAPES[model_name]), dtype=np.float32)
     y = rng.integers(0, NUM_CLASSES, size=(n,)).astype("int32")
@@ -149,6 +137,7 @@ def make_data(model_name, n, seed=0):
 
 
 def build(model_name, rule, args):
+    """Returns `model_name` with `rule`, compiled as `args` say."""
     keras.utils.set_random_seed(0)
     model = BUILDERS[model_name](rule)
     model.compile(
@@ -159,73 +148,20 @@ def build(model_name, rule, args):
     return model
 
 
-def _clock():
-    return time.perf_counter(), time.process_time()
-
-
-def _since(start):
-    now = _clock()
-    return now[0] - start[0], now[1] - start[1]
-
-
-def _sync(model):
-    # Reading a weight back waits for all queued work (jax dispatches
-    # asynchronously).
-    keras.ops.convert_to_numpy(model.trainable_weights[-1])
-
-
-class _FitTimer(keras.callbacks.Callback):
-    """Times a whole `fit`, from `on_train_begin` to `on_train_end`.
-
-    It goes first in the callback list, so its `on_train_begin` runs before
-    the other callbacks' and its `on_train_end` after their `on_epoch_end`.
-    It has no batch hooks, so it does not stop Keras from dispatching
-    batches asynchronously.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.start = None
-        self.seconds = None
-
-    def on_train_begin(self, logs=None):
-        self.start = _clock()
-
-    def on_train_end(self, logs=None):
-        _sync(self.model)
-        self.seconds = _since(self.start)
-
-
 def _timed(function, record):
     """Returns `function` that also appends its (wall, CPU) seconds to
     `record`."""
 
     def wrapper(*args, **kwargs):
-        start = _clock()
+        start = harness.clock()
         result = function(*args, **kwargs)
-        record.append(_since(start))
+        record.append(harness.since(start))
         return result
 
     return wrapper
 
 
-class Timings:
-    """Per-step wall-clock and CPU seconds of the timed repeats."""
-
-    def __init__(self, name):
-        self.name = name
-        self.wall = []
-        self.cpu = []
-
-    def add(self, seconds, steps):
-        self.wall.append(seconds[0] / steps)
-        self.cpu.append(seconds[1] / steps)
-
-    def median(self):
-        return statistics.median(self.wall), statistics.median(self.cpu)
-
-
-class FitVariant(Timings):
+class FitVariant(harness.Timings):
     """`model.fit` with one callback (or none), on a shared model."""
 
     def __init__(self, name, model, callback, data, batch_size):
@@ -246,7 +182,9 @@ class FitVariant(Timings):
     def fit(self, steps=None, timed=True):
         """Runs one epoch of `steps` steps (default: all the data)."""
         n = len(self.x) if steps is None else steps * self.batch_size
-        timer = _FitTimer()
+        # First in the list: its on_train_begin runs before the callback's
+        # and its on_train_end after the callback's on_epoch_end.
+        timer = harness.FitTimer("fit", wait=True)
         callbacks = [timer] + ([self.callback] if self.callback else [])
         before = len(self.measures)
         self.model.fit(
@@ -259,11 +197,11 @@ class FitVariant(Timings):
             callbacks=callbacks,
         )
         if timed:
-            self.add(timer.seconds, n // self.batch_size)
+            self.add(timer.seconds[-1], n // self.batch_size)
             self.measures_per_fit.append(len(self.measures) - before)
 
 
-class TrainVariant(Timings):
+class TrainVariant(harness.Timings):
     """`keras_fa.train(every=k)`, or with `every=None` a plain loop of
     `train_on_batch` over the same batches."""
 
@@ -284,13 +222,13 @@ class TrainVariant(Timings):
         def train_on_batch(*args, **kwargs):
             result = plain(*args, **kwargs)
             if not marks:
-                marks.append(_clock())
+                marks.append(harness.clock())
             return result
 
         # An instance attribute: `train` calls model.train_on_batch.
         self.model.train_on_batch = train_on_batch
         try:
-            start = _clock()
+            start = harness.clock()
             if self.every is None:
                 for i in range(0, n, self.batch_size):
                     self.model.train_on_batch(
@@ -306,26 +244,23 @@ class TrainVariant(Timings):
                     shuffle=False,
                     verbose=0,
                 )
-            _sync(self.model)
+            harness.wait_for(self.model)
         finally:
             del self.model.train_on_batch
         if timed:
-            self.add(_since(marks[0]), n // self.batch_size - 1)
+            self.add(harness.since(marks[0]), n // self.batch_size - 1)
             self.setup.append((marks[0][0] - start[0], marks[0][1] - start[1]))
 
 
 def _interleave(variants, repeats, run, label):
-    for r in range(repeats):
-        shift = r % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            run(variant)
-        print(
-            f"  {label} repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{v.name} {1e3 * v.cpu[-1]:.2f}" for v in variants)
-            + " CPU ms/step",
-            file=sys.stderr,
-            flush=True,
-        )
+    harness.interleave(
+        variants,
+        repeats,
+        run,
+        f"{label} ",
+        lambda variant: f"{1e3 * variant.cpu[-1]:.2f}",
+        unit=" CPU ms/step",
+    )
 
 
 def benchmark_fit(model_name, rule, args):
@@ -398,7 +333,24 @@ def _paired(variant, baseline):
     )
 
 
+def _timing_cells(variant, baseline):
+    # The columns every timing table has: ms/step, its ratio to the
+    # baseline's, the smallest ms/step, CPU ms/step, its ratio, and the
+    # paired CPU ratio.
+    base_wall, base_cpu = baseline.median()
+    wall, cpu = variant.median()
+    return [
+        _ms(wall),
+        f"{wall / base_wall:.3f}",
+        _ms(min(variant.wall)),
+        _ms(cpu),
+        f"{cpu / base_cpu:.3f}",
+        _paired(variant, baseline),
+    ]
+
+
 def fit_table(results):
+    """Returns the Markdown table of the `model.fit` variants."""
     lines = [
         "| model | rule | variant | ms/step | ratio | min ms/step | "
         "CPU ms/step | CPU ratio | paired CPU ratio (range) | measures/fit | "
@@ -406,10 +358,9 @@ def fit_table(results):
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (model_name, rule), variants in results:
-        base_wall, base_cpu = variants[0].median()
+        base_cpu = variants[0].median()[1]
         steps = len(variants[0].x) // variants[0].batch_size
         for v in variants:
-            wall, cpu = v.median()
             cells = ["", "", ""]
             if v.callback is not None:
                 count = statistics.median(v.measures_per_fit)
@@ -421,17 +372,15 @@ def fit_table(results):
                     _ms(per),
                     f"{count * per / (steps * base_cpu):.3f}",
                 ]
+            timing = _timing_cells(v, variants[0])
             lines.append(
-                f"| {model_name} | {rule} | {v.name} | {_ms(wall)} | "
-                f"{wall / base_wall:.3f} | {_ms(min(v.wall))} | {_ms(cpu)} | "
-                f"{cpu / base_cpu:.3f} | {_paired(v, variants[0])} | "
-                + " | ".join(cells)
-                + " |"
+                harness.table_row(model_name, rule, v.name, *timing, *cells)
             )
     return "\n".join(lines)
 
 
 def once_table(results):
+    """Returns the Markdown table of the callbacks' one-time cost."""
     lines = [
         "| model | rule | callback | first on_train_begin ms | CPU ms | "
         "later on_train_begin ms | CPU ms |",
@@ -451,6 +400,7 @@ def once_table(results):
 
 
 def train_table(results):
+    """Returns the Markdown table of the `keras_fa.train` variants."""
     lines = [
         "| model | rule | variant | ms/step | ratio | min ms/step | "
         "CPU ms/step | CPU ratio | paired CPU ratio (range) | set-up ms | "
@@ -458,66 +408,43 @@ def train_table(results):
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (model_name, rule), variants in results:
-        base_wall, base_cpu = variants[0].median()
         base_setup = [statistics.median(s) for s in zip(*variants[0].setup)]
         for v in variants:
-            wall, cpu = v.median()
             setup = ["", ""]
             if v.every is not None:
                 setup = [
                     _ms(statistics.median(s) - b)
                     for s, b in zip(zip(*v.setup), base_setup)
                 ]
+            timing = _timing_cells(v, variants[0])
             lines.append(
-                f"| {model_name} | {rule} | {v.name} | {_ms(wall)} | "
-                f"{wall / base_wall:.3f} | {_ms(min(v.wall))} | {_ms(cpu)} | "
-                f"{cpu / base_cpu:.3f} | {_paired(v, variants[0])} | "
-                + " | ".join(setup)
-                + " |"
+                harness.table_row(model_name, rule, v.name, *timing, *setup)
             )
     return "\n".join(lines)
 
 
 def describe(args, resolved_jit):
     """Returns a line that says what was measured, and where."""
-    backend = keras.backend.backend()
-    versions = [f"keras {keras.__version__}"]
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        versions.append(f"tensorflow {tf.__version__}")
-    elif backend == "jax":
-        import jax
-
-        versions.append(f"jax {jax.__version__}")
-    elif backend == "torch":
-        import torch
-
-        versions.append(f"torch {torch.__version__}")
+    where, machine = harness.describe(cpu_only=True)
     return (
-        f"Backend {backend} ({', '.join(versions)}), "
+        f"{where}, "
         f"jit_compile={args.jit_compile!r} (resolved: {resolved_jit}), "
-        f"threads={args.threads or 'default'}, SGD({args.learning_rate}), "
+        f"{harness.threads_text(args.threads)}, SGD({args.learning_rate}), "
         f"batch size {args.batch_size}, probe batch {args.probe}, "
         f"every={args.every}, {args.steps} steps per timed run, median of "
-        f"{args.repeats} interleaved repeats; "
-        f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, CPU only, Python "
-        f"{platform.python_version()}."
+        f"{args.repeats} interleaved repeats; {machine}."
     )
 
 
-def _load():
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def report(args, fits, trains, load_before):
+    """Returns the tables of one backend, under its heading."""
     backend = keras.backend.backend()
     model = (fits or trains)[0][1][0].model
     parts = [
         f"## {backend}",
         describe(args, model.jit_compile),
-        f"Load average (1, 5, 15 min) before: {load_before}; after: {_load()}.",
+        "Load average (1, 5, 15 min) before: "
+        f"{load_before}; after: {harness.load_average()}.",
     ]
     if fits:
         parts += [
@@ -537,11 +464,10 @@ def report(args, fits, trains, load_before):
 
 
 def header(argv, backend=None):
-    command = " ".join(
-        ["python benchmarks/alignment_cost.py", *map(shlex.quote, argv)]
+    """Returns the heading of the output file: the command and machine."""
+    command = harness.command_line(
+        "python benchmarks/alignment_cost.py", argv, backend
     )
-    if backend is not None:
-        command = f"KERAS_BACKEND={backend} {command}"
     return (
         "# What recording alignment adds to training\n\n"
         "Produced by `benchmarks/alignment_cost.py` (its docstring says "
@@ -569,75 +495,9 @@ def parse_args(argv=None):
     """Parses the command line; exits as argparse does (status 2, naming
     the flag, the value and what is allowed) on a bad value or an
     `--output` that cannot be written, before anything is built."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--backends",
-        help="comma-separated: " + ",".join(BACKENDS) + "; runs the script "
-        "once per backend (default: the active one, in this process)",
-    )
-    parser.add_argument(
-        "--models",
-        default="mlp,mlp-wide,cnn",
-        help="comma-separated: " + ",".join(MODELS),
-    )
-    parser.add_argument(
-        "--train-models",
-        default="mlp",
-        help="models for the keras_fa.train table (comma-separated, or 'none')",
-    )
-    parser.add_argument(
-        "--rules",
-        default="fa",
-        help="comma-separated feedback rules: " + ",".join(RULES),
-    )
-    parser.add_argument(
-        "--steps",
-        type=int_in(2),
-        default=1000,
-        help="training steps per timed run",
-    )
-    parser.add_argument(
-        "--repeats", type=positive_int, default=5, help="timed runs per variant"
-    )
-    parser.add_argument(
-        "--every", type=positive_int, default=100, help="the callbacks' `every`"
-    )
-    parser.add_argument(
-        "--train-every",
-        type=positive_ints,
-        default=(100, 10, 1),
-        help="comma-separated `every` values of keras_fa.train",
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument(
-        "--probe",
-        type=positive_int,
-        default=256,
-        help="AlignmentCallback probe batch",
-    )
-    parser.add_argument(
-        "--learning-rate", type=positive_float, default=0.01, help="SGD's"
-    )
-    parser.add_argument(
-        "--jit-compile",
-        type=jit_compile,
-        default="auto",
-        help="passed to model.compile: auto, true or false",
-    )
-    parser.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=1,
-        help="threads the backend computes with (0: its own choice)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a tiny configuration, for a smoke test",
-    )
+    parser = harness.script_parser(__doc__)
+    _add_what_arguments(parser)
+    _add_how_arguments(parser)
     parser.add_argument(
         "--output",
         help="also write the tables (Markdown) to this file; '{backend}' in "
@@ -648,23 +508,80 @@ def parse_args(argv=None):
         args.steps, args.repeats, args.every = 60, 1, 20
         args.train_every, args.probe = (20, 1), 32
         args.batch_size = 32
-    args.models = names(args.models, MODELS, "--models")
-    args.train_models = (
-        []
-        if args.train_models.strip() == "none"
-        else names(args.train_models, MODELS, "--train-models")
-    )
-    args.rules = names(args.rules, RULES, "--rules")
-    args.backends = (
-        None
-        if args.backends is None
-        else names(args.backends, BACKENDS, "--backends")
-    )
     for path in output_paths(
         args.output, args.backends or [keras.backend.backend()]
     ):
-        check_output_path(parser, "--output", path)
+        harness.check_output_path(parser, "--output", path)
     return args
+
+
+_MODEL_LIST = harness.comma_list(allowed=MODELS, name="model")
+
+
+def _train_models(text):
+    # --train-models: models, or 'none' for no keras_fa.train table.
+    return [] if text.strip() == "none" else _MODEL_LIST(text)
+
+
+def _add_what_arguments(parser):
+    # What is timed: backends, models, rules.
+    parser.add_argument(
+        "--backends",
+        type=harness.comma_list(allowed=BACKENDS, name="backend"),
+        help="comma-separated: " + ",".join(BACKENDS) + "; runs the script "
+        "once per backend (default: the active one, in this process)",
+    )
+    parser.add_argument(
+        "--models",
+        type=_MODEL_LIST,
+        default="mlp,mlp-wide,cnn",
+        help="comma-separated: " + ",".join(MODELS),
+    )
+    parser.add_argument(
+        "--train-models",
+        type=_train_models,
+        default="mlp",
+        help="models for the keras_fa.train table (comma-separated, or 'none')",
+    )
+    harness.add_rules_argument(parser, ["fa"], RULES)
+
+
+def _add_how_arguments(parser):
+    # How it is timed: steps, repeats, measurement intervals, training.
+    parser.add_argument(
+        "--steps",
+        type=harness.int_in(2),
+        default=1000,
+        help="training steps per timed run",
+    )
+    for flag, default, text in (
+        ("--repeats", 5, "timed runs per variant"),
+        ("--every", 100, "the callbacks' `every`"),
+        ("--batch-size", 128, None),
+        ("--probe", 256, "AlignmentCallback probe batch"),
+    ):
+        parser.add_argument(
+            flag, type=harness.positive_int, default=default, help=text
+        )
+    parser.add_argument(
+        "--train-every",
+        type=harness.positive_ints,
+        default=(100, 10, 1),
+        help="comma-separated `every` values of keras_fa.train",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=harness.positive_float,
+        default=0.01,
+        help="SGD's",
+    )
+    harness.add_jit_compile_argument(parser)
+    harness.add_threads_argument(parser, 1)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny configuration, for a smoke test",
+    )
 
 
 def run_backends(args, argv):
@@ -700,9 +617,10 @@ def run_backends(args, argv):
 
 
 def run_here(args):
-    load_before = _load()
+    """Runs the benchmark on the active backend; returns its report."""
+    load_before = harness.load_average()
     if args.threads:
-        limit_threads(args.threads)
+        harness.limit_threads(args.threads)
     fits = [
         ((name, rule), benchmark_fit(name, rule, args))
         for name in args.models
@@ -717,6 +635,7 @@ def run_here(args):
 
 
 def main(argv=None):
+    """Runs the benchmark on each backend; prints and writes the tables."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     here = keras.backend.backend()
@@ -734,9 +653,11 @@ def main(argv=None):
         if "{backend}" in args.output:
             for backend, text in reports.items():
                 path = args.output.replace("{backend}", backend)
-                write_atomic(path, f"{header(argv, argv_backend)}\n{text}")
+                harness.write_atomic(
+                    path, f"{header(argv, argv_backend)}\n{text}"
+                )
         else:
-            write_atomic(
+            harness.write_atomic(
                 args.output,
                 header(argv, argv_backend) + "\n" + "\n".join(reports.values()),
             )

@@ -47,13 +47,9 @@ other work; judge the ratios by the CPU ratio. `--threads` limits the Keras
 backend and, through threadpoolctl, the BLAS that MLPClassifier uses alike.
 """
 
-import argparse
 import os
-import platform
-import shlex
 import statistics
 import sys
-import time
 import warnings
 
 import keras
@@ -68,15 +64,7 @@ from sklearn.neural_network import MLPClassifier
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
-from benchmarks.shared import check_output_path  # noqa: E402
-from benchmarks.shared import float_in  # noqa: E402
-from benchmarks.shared import limit_threads  # noqa: E402
-from benchmarks.shared import names  # noqa: E402
-from benchmarks.shared import non_negative_int  # noqa: E402
-from benchmarks.shared import positive_int  # noqa: E402
-from benchmarks.shared import positive_ints  # noqa: E402
-from benchmarks.shared import seed  # noqa: E402
-from benchmarks.shared import write_atomic  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
 RULES = tuple(keras_fa.models.rules())
 DEFAULT_RULES = ("bp", "fa", "usf", "kp", "dfa")
@@ -99,17 +87,15 @@ def load_data(test_size, seed):
     )
 
 
-class Variant:
+class Variant(harness.Timings):
     """One estimator configuration and the timings of its fits."""
 
     def __init__(self, name, make, alignment_every=None, rule=None):
-        self.name = name
+        super().__init__(name)
         self.rule = rule
         self.alignment_every = alignment_every
         self.make = make
         self.first = None
-        self.wall = []
-        self.cpu = []
         self.short_cpu = []
         self.accuracy = []
         self.n_iter = set()
@@ -120,12 +106,9 @@ class Variant:
         X_train, X_test, y_train, y_test = data
         estimator = self.make()
         estimator.set_params(**params)
-        start = (time.perf_counter(), time.process_time())
+        start = harness.clock()
         estimator.fit(X_train, y_train)
-        seconds = (
-            time.perf_counter() - start[0],
-            time.process_time() - start[1],
-        )
+        seconds = harness.since(start)
         if not params:
             self.n_iter.add(estimator.n_iter_)
             self.accuracy.append(estimator.score(X_test, y_test))
@@ -137,14 +120,8 @@ class Variant:
 
     def timed(self, data):
         """One timed repeat: a full fit, then a one-epoch fit."""
-        wall, cpu = self.fit(data)
-        self.wall.append(wall)
-        self.cpu.append(cpu)
+        self.add(self.fit(data))
         self.short_cpu.append(self.fit(data, max_iter=1)[1])
-
-    def median(self):
-        """Returns the median wall-clock and CPU seconds of the repeats."""
-        return statistics.median(self.wall), statistics.median(self.cpu)
 
 
 def make_variants(args):
@@ -196,16 +173,13 @@ def benchmark(args):
             file=sys.stderr,
             flush=True,
         )
-    for r in range(args.repeats):
-        shift = r % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            variant.timed(data)
-        print(
-            f"  repeat {r + 1}/{args.repeats}: "
-            + ", ".join(f"{v.name} {v.wall[-1]:.2f}" for v in variants),
-            file=sys.stderr,
-            flush=True,
-        )
+    harness.interleave(
+        variants,
+        args.repeats,
+        lambda variant: variant.timed(data),
+        "",
+        lambda variant: f"{variant.wall[-1]:.2f}",
+    )
     for variant in variants:
         if variant.n_iter != {args.max_iter}:
             raise RuntimeError(
@@ -291,42 +265,23 @@ def first_fit_table(variants, max_iter):
 def limit_all_threads(threads):
     """Makes the active backend, and the BLAS and OpenMP libraries loaded
     (MLPClassifier's), compute with `threads` threads; see
-    `benchmarks.shared.limit_threads`."""
-    limit_threads(threads)
+    `benchmarks.harness.limit_threads`."""
+    harness.limit_threads(threads)
     # Set for the rest of the process (no context): numpy's BLAS, OpenMP.
     threadpoolctl.threadpool_limits(limits=threads)
-
-
-def versions():
-    """Returns the versions of keras, the active backend, scikit-learn and
-    numpy, as one string."""
-    backend = keras.backend.backend()
-    names = [f"keras {keras.__version__}"]
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        names.append(f"tensorflow {tf.__version__}")
-    elif backend == "jax":
-        import jax
-
-        names.append(f"jax {jax.__version__}")
-    elif backend == "torch":
-        import torch
-
-        names.append(f"torch {torch.__version__}")
-    names += [f"scikit-learn {sklearn.__version__}", f"numpy {np.__version__}"]
-    return ", ".join(names)
 
 
 def describe(args, data_shapes):
     """Returns the lines that say what was measured, and where."""
     (n_train, n_features), n_test = data_shapes
     batch = min(200, n_train)
+    where, machine = harness.describe(
+        f"scikit-learn {sklearn.__version__}",
+        f"numpy {np.__version__}",
+        cpu_only=True,
+    )
     return (
-        f"Backend {keras.backend.backend()} ({versions()}); "
-        f"threads={args.threads or 'default'}; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} "
-        f"CPUs, CPU only, Python {platform.python_version()}.\n\n"
+        f"{where}; {harness.threads_text(args.threads)}; {machine}.\n\n"
         f"Digits X / 16: {n_train} training and {n_test} test examples, "
         f"{n_features} features, 10 classes (split seed "
         f"{args.random_state}). Both estimators: "
@@ -340,18 +295,11 @@ def describe(args, data_shapes):
     )
 
 
-def _load():
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def report(args, argv, variants, data_shapes, load_before):
     """Returns the whole Markdown report."""
     backend = keras.backend.backend()
-    command = " ".join(
-        [
-            f"KERAS_BACKEND={backend} python -m benchmarks.estimator_time",
-            *map(shlex.quote, argv),
-        ]
+    command = harness.command_line(
+        "python -m benchmarks.estimator_time", argv, backend
     )
     return (
         "# FAClassifier.fit against MLPClassifier.fit\n\n"
@@ -364,7 +312,7 @@ def report(args, argv, variants, data_shapes, load_before):
         f"## {backend}\n\n"
         f"{describe(args, data_shapes)}\n\n"
         f"Load average (1, 5, 15 min) before: {load_before}; after: "
-        f"{_load()}.\n\n"
+        f"{harness.load_average()}.\n\n"
         f"{table(variants)}\n\n"
         "### First fit in the process, and fixed against per-epoch cost\n\n"
         "Each variant's first fit (a warm-up, not in the medians), in the "
@@ -393,45 +341,36 @@ def parse_args(argv=None):
     """Parses the command line; exits as argparse does (status 2, naming
     the flag, the value and what is allowed) on a bad value or an
     `--output` that cannot be written, before any data is loaded."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = harness.script_parser(__doc__)
+    harness.add_rules_argument(parser, DEFAULT_RULES, RULES)
     parser.add_argument(
-        "--rules",
-        default=",".join(DEFAULT_RULES),
-        help="comma-separated feedback rules: " + ",".join(RULES),
-    )
-    parser.add_argument(
-        "--repeats", type=positive_int, default=3, help="timed fits per variant"
+        "--repeats",
+        type=harness.positive_int,
+        default=3,
+        help="timed fits per variant",
     )
     parser.add_argument(
         "--hidden-layer-sizes",
-        type=positive_ints,
+        type=harness.positive_ints,
         default=(100,),
         help="comma-separated units of the hidden layers (default: 100)",
     )
     parser.add_argument(
-        "--max-iter", type=positive_int, default=200, help="epochs"
+        "--max-iter", type=harness.positive_int, default=200, help="epochs"
     )
     parser.add_argument(
         "--random-state",
-        type=seed,
+        type=harness.seed,
         default=0,
         help="seed of both estimators and of the train/test split",
     )
     parser.add_argument(
         "--test-size",
-        type=float_in(0, 1, low_open=True, high_open=True),
+        type=harness.float_in(0, 1, low_open=True, high_open=True),
         default=0.25,
         help="held-out fraction",
     )
-    parser.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=1,
-        help="threads the backend and BLAS compute with (0: their own choice)",
-    )
+    harness.add_threads_argument(parser, 1, "the backend and BLAS compute")
     parser.add_argument(
         "--output",
         default=DEFAULT_OUTPUT,
@@ -440,8 +379,7 @@ def parse_args(argv=None):
         "benchmarks/results/estimator_time_{backend}.md)",
     )
     args = parser.parse_args(argv)
-    args.rules = names(args.rules, RULES, "--rules")
-    check_output_path(parser, "--output", output_path(args.output))
+    harness.check_output_path(parser, "--output", output_path(args.output))
     return args
 
 
@@ -450,7 +388,7 @@ def main(argv=None):
     report."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    load_before = _load()
+    load_before = harness.load_average()
     if args.threads:
         limit_all_threads(args.threads)
     X_train, X_test, _, _ = load_data(args.test_size, args.random_state)
@@ -464,7 +402,7 @@ def main(argv=None):
     print(text)
     if args.output:
         path = output_path(args.output)
-        write_atomic(path, text)
+        harness.write_atomic(path, text)
         print(f"wrote {path}", file=sys.stderr)
 
 

@@ -55,14 +55,11 @@ import argparse
 import contextlib
 import csv
 import functools
-import importlib
 import io
 import json
 import math
 import os
 import platform
-import shlex
-import statistics
 import sys
 import time
 
@@ -72,22 +69,12 @@ import numpy as np
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
-from benchmarks.shared import output_problem  # noqa: E402
-from benchmarks.shared import write_atomic  # noqa: E402
+from benchmarks import harness  # noqa: E402
 from keras_fa import datasets  # noqa: E402
+from keras_fa.files import output_problem  # noqa: E402
+from keras_fa.files import write_atomic  # noqa: E402
 
-ALL_RULES = (
-    "bp",
-    "fa",
-    "usf",
-    "brsf",
-    "frsf",
-    "kp",
-    "wm",
-    "dfa",
-    "drtp",
-    "shallow",
-)
+ALL_RULES = harness.RULES
 OPTIMIZERS = ("adam", "sgd", "momentum")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Settings that change results: a finished cell is reused only if they match.
@@ -129,77 +116,22 @@ IMAGES = {"digits": (8, 8, 1)}
 OFFLINE_CLASSES = {"digits": 10, "mnist1d": 10}
 
 
-def _csv(value, allowed=None, name="value"):
-    # Names in `allowed` match ignoring case (`FA` is `fa`, as in the
-    # layers) and come back as spelled there.
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"empty {name} list {value!r}")
-    if allowed is not None:
-        canonical = {item.lower(): item for item in allowed}
-        unknown = [item for item in items if item.lower() not in canonical]
-        if unknown:
-            raise argparse.ArgumentTypeError(
-                f"unknown {name}(s) {', '.join(unknown)}; allowed: "
-                f"{', '.join(allowed)}"
-            )
-        items = _unique([canonical[item.lower()] for item in items], name)
-    return items
-
-
-def _unique(items, name):
-    # The same cell twice would train twice.
-    repeated = [item for i, item in enumerate(items) if item in items[:i]]
-    if repeated:
-        raise argparse.ArgumentTypeError(
-            f"{name} {', '.join(map(str, dict.fromkeys(repeated)))} given "
-            "more than once"
-        )
-    return items
-
-
-def _models(value):
-    items = _unique(
-        [item.lower() for item in _csv(value, name="model")], "model"
+def _model(name):
+    # One model name of --model, lower-cased: mlp, lenet, resnet<6n+2> or
+    # transformer.
+    base = name.lower()
+    depth = base[len("resnet") :]
+    if base in ("mlp", "lenet", "transformer") or (
+        base.startswith("resnet")
+        and depth.isdigit()
+        and int(depth) >= 8
+        and (int(depth) - 2) % 6 == 0
+    ):
+        return base
+    raise argparse.ArgumentTypeError(
+        f"unknown model {name!r}; allowed: mlp, lenet, resnet<6n+2> "
+        "(resnet8, resnet20, resnet32, resnet56...), transformer"
     )
-    for item in items:
-        base = item.lower()
-        ok = base in ("mlp", "lenet", "transformer") or (
-            base.startswith("resnet")
-            and base[6:].isdigit()
-            and int(base[6:]) >= 8
-            and (int(base[6:]) - 2) % 6 == 0
-        )
-        if not ok:
-            raise argparse.ArgumentTypeError(
-                f"unknown model {item!r}; allowed: mlp, lenet, resnet<6n+2> "
-                "(resnet8, resnet20, resnet32, resnet56...), transformer"
-            )
-    return items
-
-
-def _at_least(kind, low, strict=False):
-    # A parser of finite numbers of `kind` >= `low` (> `low` if `strict`).
-    allowed = "an integer" if kind is int else "a number"
-    allowed += f" {'>' if strict else '>='} {low}"
-
-    def parse(value):
-        try:
-            number = kind(value)
-        except ValueError:
-            number = None
-        if (
-            number is None
-            or not math.isfinite(number)
-            or number < low
-            or (strict and number == low)
-        ):
-            raise argparse.ArgumentTypeError(
-                f"must be {allowed}, got {value!r}"
-            )
-        return number
-
-    return parse
 
 
 def _seeds(value):
@@ -210,14 +142,14 @@ def _seeds(value):
     )
     try:
         if "," in value:
-            seeds = [int(v) for v in _csv(value, name="seed")]
+            seeds = [int(v) for v in value.split(",") if v.strip()]
         else:
             seeds = list(range(int(value)))
     except ValueError:
         seeds = []
     if not seeds or min(seeds) < 0:
         raise argparse.ArgumentTypeError(f"must be {allowed}")
-    return _unique(seeds, "seed")
+    return harness.unique(seeds, "seed")
 
 
 def _class_count(dataset, data_dir):
@@ -239,6 +171,17 @@ def _parser():
         prog="python -m benchmarks.run",
         description=__doc__.split("\n")[0],
     )
+    _add_cell_arguments(parser)
+    _add_training_arguments(parser)
+    parser.add_argument("--output", default="runs", help="results directory")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar or lines"
+    )
+    return parser
+
+
+def _add_cell_arguments(parser):
+    # What the cells are: data set, models, rules and seeds.
     names = datasets.OFFLINE_DATASETS + datasets.TFDS_DATASETS
     parser.add_argument(
         "--dataset",
@@ -249,14 +192,14 @@ def _parser():
     parser.add_argument("--data-dir", help="TFDS data directory")
     parser.add_argument(
         "--model",
-        type=_models,
+        type=harness.comma_list(_model, name="model"),
         default=["mlp"],
         help="comma-separated: mlp, lenet, resnet20..., transformer "
         "(default: mlp)",
     )
     parser.add_argument(
         "--patch-size",
-        type=_at_least(int, 1),
+        type=harness.positive_int,
         default=None,
         help="side (images) or length (sequences) of the transformer's "
         "patches; default: 4 for images, 2 where 4 leaves fewer than 16 "
@@ -264,7 +207,7 @@ def _parser():
     )
     parser.add_argument(
         "--rules",
-        type=lambda v: _csv(v, ALL_RULES, "rule"),
+        type=harness.comma_list(allowed=ALL_RULES, name="rule"),
         default=list(ALL_RULES),
         help=f"comma-separated (default: all: {','.join(ALL_RULES)})",
     )
@@ -274,15 +217,19 @@ def _parser():
         default=[0],
         help="a count N (seeds 0..N-1) or a comma-separated list",
     )
-    parser.add_argument("--epochs", type=_at_least(int, 1), default=20)
+
+
+def _add_training_arguments(parser):
+    # How every cell trains: the settings in CONFIG_KEYS.
+    parser.add_argument("--epochs", type=harness.positive_int, default=20)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument(
-        "--learning-rate", type=_at_least(float, 0, strict=True), default=1e-3
+        "--learning-rate", type=harness.positive_float, default=1e-3
     )
     parser.add_argument(
-        "--weight-decay", type=_at_least(float, 0), default=None
+        "--weight-decay", type=harness.non_negative_float, default=None
     )
-    parser.add_argument("--batch-size", type=_at_least(int, 1), default=128)
+    parser.add_argument("--batch-size", type=harness.positive_int, default=128)
     parser.add_argument(
         "--classes",
         type=int,
@@ -302,15 +249,10 @@ def _parser():
     )
     parser.add_argument(
         "--probe",
-        type=_at_least(int, 1),
+        type=harness.positive_int,
         default=256,
         help="test examples the alignment is measured on each epoch",
     )
-    parser.add_argument("--output", default="runs", help="results directory")
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress bar or lines"
-    )
-    return parser
 
 
 def _usage_error(message):
@@ -366,11 +308,8 @@ def config_of(args):
     # Only when given: the cells of earlier versions stay reusable.
     if args.patch_size is not None:
         config["patch_size"] = args.patch_size
-    backend = keras.backend.backend()
-    config["backend"] = backend
-    config["backend_version"] = str(
-        importlib.import_module(backend).__version__
-    )
+    config["backend"] = keras.backend.backend()
+    config["backend_version"] = harness.backend_version()
     config["keras_version"] = keras.__version__
     config["keras_fa_version"] = keras_fa.__version__
     return config
@@ -560,18 +499,6 @@ def _even(dataset, shards, examples, batch_size):
     return dataset.apply(tf.data.experimental.assert_cardinality(batches))
 
 
-def devices():
-    """Returns the names of the devices Keras computes on."""
-    try:
-        return [str(d) for d in keras.distribution.list_devices()]
-    except AttributeError:
-        # keras.distribution has no torch implementation.
-        import torch
-
-        count = torch.cuda.device_count()
-        return [f"cuda:{i}" for i in range(count)] or ["cpu"]
-
-
 def _hidden_angles(measures, layer_names):
     # Final update angle of each hidden layer (all kernel layers but the
     # output one), in the model's order.
@@ -581,20 +508,54 @@ def _hidden_angles(measures, layer_names):
     ]
 
 
-class _Timer(keras.callbacks.Callback):
-    """Wall time of each epoch's training steps (validation excluded)."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds = getattr(self, "seconds", [])
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def run_cell(args, task, model_name, rule, seed):
     """Trains one cell; returns its record (a JSON-ready dict)."""
     keras.utils.set_random_seed(seed)
+    model, shards = _compiled_model(args, task, model_name, rule, seed)
+    x_probe, y_probe = task.arrays("test")
+    align = keras_fa.callbacks.AlignmentCallback(
+        (x_probe[: args.probe], y_probe[: args.probe]),
+        measures=("weight_angle", "signal_angle", "update_angle"),
+    )
+    timer = harness.FitTimer("epoch")
+    start = time.perf_counter()
+    batch = args.batch_size
+    test_data = _even(task.test(batch), shards, task.num_test, batch)
+    train_data = _even(
+        task.train(batch, seed=seed), shards, task.num_train, batch
+    )
+    history = model.fit(
+        train_data,
+        epochs=args.epochs,
+        validation_data=test_data,
+        callbacks=[align, timer],
+        shuffle=False,  # the pipeline shuffles, seeded
+        verbose=0,
+    )
+    test_loss, test_accuracy = model.evaluate(test_data, verbose=0)
+    wall = time.perf_counter() - start
+    record = {
+        "format": FORMAT_VERSION,
+        "config": config_of(args),
+        "model": model_name,
+        "rule": rule,
+        "seed": seed,
+        "num_classes": task.num_classes,
+        "classes": list(task.classes) if task.classes is not None else None,
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+    }
+    epochs = [seconds for seconds, _ in timer.seconds]
+    return {
+        **record,
+        **_results(history.history, align.alignment.layer_names),
+        **_costs(task, model, epochs, wall),
+    }
+
+
+def _compiled_model(args, task, model_name, rule, seed):
+    # Returns (model, shards): the cell's model, built and compiled in the
+    # distribution's scope, and the devices a batch is sharded over.
     strategy, shards = _distribution(args)
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     kwargs = model_kwargs(args, task, model_name)
@@ -612,58 +573,34 @@ def run_cell(args, task, model_name, rule, seed):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
-    x_probe, y_probe = task.arrays("test")
-    probe = (x_probe[: args.probe], y_probe[: args.probe])
-    align = keras_fa.callbacks.AlignmentCallback(
-        probe, measures=("weight_angle", "signal_angle", "update_angle")
-    )
-    timer = _Timer()
-    start = time.perf_counter()
-    batch = args.batch_size
-    test_data = _even(task.test(batch), shards, task.num_test, batch)
-    train_data = _even(
-        task.train(batch, seed=seed), shards, task.num_train, batch
-    )
-    history = model.fit(
-        train_data,
-        epochs=args.epochs,
-        validation_data=test_data,
-        callbacks=[align, timer],
-        shuffle=False,  # the pipeline shuffles, seeded
-        verbose=0,
-    )
-    train_seconds = sum(timer.seconds)
-    test_loss, test_accuracy = model.evaluate(test_data, verbose=0)
-    wall = time.perf_counter() - start
-    layer_names = align.alignment.layer_names
-    final = {
-        key: values[-1] for key, values in history.history.items() if "/" in key
-    }
-    # The first epoch includes compilation; throughput counts the others.
-    steady = timer.seconds[1:] or timer.seconds
+    return model, shards
+
+
+def _results(history, layer_names):
+    # The record's history and the alignment after the last epoch.
+    final = {key: values[-1] for key, values in history.items() if "/" in key}
     return {
-        "format": FORMAT_VERSION,
-        "config": config_of(args),
-        "model": model_name,
-        "rule": rule,
-        "seed": seed,
-        "num_classes": task.num_classes,
-        "classes": list(task.classes) if task.classes is not None else None,
-        "test_accuracy": float(test_accuracy),
-        "test_loss": float(test_loss),
         "history": {
-            key: [float(v) for v in values]
-            for key, values in history.history.items()
+            key: [float(v) for v in values] for key, values in history.items()
         },
         "layers": layer_names,
         "final_alignment": final,
         "hidden_update_angles": _hidden_angles(final, layer_names),
+    }
+
+
+def _costs(task, model, epochs, wall):
+    # The record's times (`epochs`: each epoch's training seconds), size
+    # and environment. The first epoch includes compilation; throughput
+    # counts the others.
+    steady = epochs[1:] or epochs
+    return {
         "throughput": task.num_train * len(steady) / sum(steady),
-        "train_seconds": train_seconds,
+        "train_seconds": sum(epochs),
         "wall_seconds": wall,
         "parameters": int(model.count_params()),
         "backend": keras.backend.backend(),
-        "devices": devices(),
+        "devices": harness.devices(),
         "versions": {
             "keras": keras.__version__,
             "keras_fa": keras_fa.__version__,
@@ -671,15 +608,6 @@ def run_cell(args, task, model_name, rule, seed):
         },
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _mean_std(values):
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    if len(values) == 1:
-        return values[0], 0.0
-    return statistics.mean(values), statistics.stdev(values)
 
 
 def summarize(records):
@@ -695,18 +623,10 @@ def summarize(records):
         groups.setdefault(key, []).append(record)
     rows = []
     for (dataset, classes, model, rule), group in groups.items():
-        accuracy = _mean_std([r["test_accuracy"] for r in group])
-        depth = max(len(r["hidden_update_angles"]) for r in group)
-        layers = [
-            _mean_std(
-                [
-                    r["hidden_update_angles"][i]
-                    for r in group
-                    if i < len(r["hidden_update_angles"])
-                ]
-            )[0]
-            for i in range(depth)
-        ]
+        accuracy = harness.mean_std([r["test_accuracy"] for r in group])
+        layers = harness.column_means(
+            [r["hidden_update_angles"] for r in group]
+        )
         rows.append(
             {
                 "dataset": dataset,
@@ -717,10 +637,12 @@ def summarize(records):
                 "test_accuracy_mean": accuracy[0],
                 "test_accuracy_std": accuracy[1],
                 "hidden_update_angles": layers,
-                "throughput": _mean_std([r["throughput"] for r in group])[0],
-                "wall_seconds": _mean_std([r["wall_seconds"] for r in group])[
-                    0
-                ],
+                "throughput": harness.mean_std(
+                    [r["throughput"] for r in group]
+                )[0],
+                "wall_seconds": harness.mean_std(
+                    [r["wall_seconds"] for r in group]
+                )[0],
             }
         )
     order = {rule: i for i, rule in enumerate(ALL_RULES)}
@@ -836,9 +758,6 @@ def _curves(records, metric):
 def plot_curves(records, directory):
     """Writes accuracy and alignment curves per (dataset, model); returns
     the paths written."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     groups = {}
     for record in records:
         key = (task_label(record["config"]), record["model"])
@@ -852,8 +771,7 @@ def plot_curves(records, directory):
             curves = _curves(group, metric)
             if not curves:
                 continue
-            figure = Figure(figsize=(6, 4))
-            FigureCanvasAgg(figure)
+            figure = harness.figure(6, 4)
             axes = figure.add_subplot()
             order = {rule: i for i, rule in enumerate(ALL_RULES)}
             for rule in sorted(curves, key=lambda r: order.get(r, 99)):
@@ -868,10 +786,7 @@ def plot_curves(records, directory):
             axes.legend(fontsize="small")
             figure.tight_layout()
             path = os.path.join(directory, f"{kind}_{dataset}_{model}.png")
-            buffer = io.BytesIO()
-            figure.canvas.print_png(buffer)
-            write_atomic(path, buffer.getvalue())
-            paths.append(path)
+            paths.append(harness.write_png(figure, path))
     return paths
 
 
@@ -948,36 +863,50 @@ def output_settings(output):
     return manifest["config"]
 
 
-def _check_cells(output, config, cell_paths):
+def _check_cells(output, config):
     """Returns [(path, problem)] of the cell files under `output` that are
     not cells; raises SystemExit if a cell was made with other settings.
-    `cell_paths` are this command's cells. Writes nothing."""
+    Writes nothing."""
     bad, other = [], []
     for path in cell_files(output):
         record, problem = load_cell(path)
         if problem is not None:
             bad.append((path, problem))
         elif record["config"] != config:
-            other.append((path, _differences(record["config"], config)))
+            other.append((path, record["config"]))
     if other:
-        path, differences = other[0]
-        more = f" (and {len(other) - 1} more cells)" if len(other) > 1 else ""
-        raise SystemExit(
-            f"{path}{more} was made with other settings ({differences}). "
-            "Use another --output, or move that file away to run the cell "
-            "again."
-        )
+        path, settings = other[0]
+        raise settings_error(path, settings, config, len(other) - 1)
     return bad
 
 
-def _set_aside(path):
-    """Renames `path` to `<path>.bad` (`.bad2`, ... if taken); returns the
-    new path."""
+def settings_error(path, old, new, others=0):
+    """Returns the SystemExit that refuses the cell file `path`, made with
+    the settings `old` where this command has `new` (and `others` more
+    such files), naming the differences."""
+    more = f" (and {others} more cells)" if others else ""
+    return SystemExit(
+        f"{path}{more} was made with other settings "
+        f"({_differences(old, new)}). Use another --output, or move that "
+        "file away to run the cell again."
+    )
+
+
+def set_aside(path, problem, when=""):
+    """Renames `path`, a file that is not a cell (`problem` says why), to
+    `<path>.bad` (`.bad2`, ... if taken), and says so on stderr: its cell
+    runs again (`when`, if given). Returns the new path."""
     target, number = path + ".bad", 1
     while os.path.lexists(target):
         number += 1
         target = f"{path}.bad{number}"
     os.rename(path, target)
+    print(
+        f"{path} {problem}: moved aside to {target}; the cell runs again"
+        + (f" {when}" if when else "")
+        + ".",
+        file=sys.stderr,
+    )
     return target
 
 
@@ -998,23 +927,17 @@ def _claim(output, config, settings, bad, cell_paths):
             text = json.dumps(manifest, indent=1)
             write_atomic(os.path.join(output, MANIFEST), text)
         for path, problem in bad:
-            moved = _set_aside(path)
             when = "now" if path in cell_paths else "when a command includes it"
-            print(
-                f"{path} {problem}: moved aside to {moved}; the cell runs "
-                f"again {when}.",
-                file=sys.stderr,
-            )
+            set_aside(path, problem, when)
     except OSError as error:
         _usage_error(f"argument --output: cannot write to {output!r}: {error}")
 
 
 def _resume_command(argv):
     words = sys.argv[1:] if argv is None else list(argv)
-    return (
-        f"KERAS_BACKEND={keras.backend.backend()} python -m benchmarks.run "
-        + shlex.join(words)
-    ).rstrip()
+    return harness.command_line(
+        "python -m benchmarks.run", words, keras.backend.backend()
+    )
 
 
 def main(argv=None):
@@ -1028,37 +951,15 @@ def main(argv=None):
     """
     args = parse_args(argv)
     config = config_of(args)
-    problem = _output_problem(args.output)
-    if problem:
-        _usage_error(
-            f"argument --output: cannot use {args.output!r}: {problem}"
-        )
-    cells_dir = os.path.join(args.output, "cells")
-    cells = [
-        (model, rule, seed, cell_name(config, model, rule, seed) + ".json")
-        for model in args.model
-        for rule in args.rules
-        for seed in args.seeds
-    ]
-    cells = [(*cell, os.path.join(cells_dir, name)) for *cell, name in cells]
-    cell_paths = {path for *_, path in cells}
-    settings = output_settings(args.output)
-    if settings is not None and settings != config and cell_files(args.output):
-        raise SystemExit(
-            f"--output {args.output} holds cells made with other settings "
-            f"({_differences(settings, config)}): a directory holds one set "
-            "of settings (models, rules and seeds may be added). Use another "
-            "--output."
-        )
-    bad = _check_cells(args.output, config, cell_paths)
-    _claim(args.output, config, settings, bad, cell_paths)
+    cells = _planned_cells(args, config)
+    _take_output(args.output, config, {path for *_, path in cells})
     keras.config.set_dtype_policy(args.precision)
     todo = [cell for cell in cells if not os.path.exists(cell[3])]
     say = (lambda *a: None) if args.quiet else print
     say(
         f"{len(cells)} cells ({len(cells) - len(todo)} finished), backend "
         f"{keras.backend.backend()}, devices "
-        f"{', '.join(devices())}; "
+        f"{', '.join(harness.devices())}; "
         f"results in {os.path.abspath(args.output)}"
     )
     progress = None if args.quiet else keras.utils.Progbar(len(cells))
@@ -1068,16 +969,54 @@ def main(argv=None):
             progress.update(done)
         rows = _train(args, config, todo, done, progress, say)
     except KeyboardInterrupt:
-        done = sum(os.path.exists(path) for path in cell_paths)
+        done = sum(os.path.exists(path) for *_, path in cells)
         say()
         print(
             f"Interrupted: {done} of {len(cells)} cells are finished and kept "
-            f"in {cells_dir}; resume with: {_resume_command(argv)}",
+            f"in {os.path.join(args.output, 'cells')}; resume with: "
+            f"{_resume_command(argv)}",
             file=sys.stderr,
         )
         raise SystemExit(130) from None
     say("\n" + summary_markdown(rows))
     return rows
+
+
+def _planned_cells(args, config):
+    # (model, rule, seed, path) of every cell of the command.
+    return [
+        (
+            model,
+            rule,
+            seed,
+            os.path.join(
+                args.output, "cells", cell_name(config, model, rule, seed)
+            )
+            + ".json",
+        )
+        for model in args.model
+        for rule in args.rules
+        for seed in args.seeds
+    ]
+
+
+def _take_output(output, config, cell_paths):
+    # Checks `output` and its cells before any work (see `main`), then
+    # claims it: the manifest written, the files that are not cells set
+    # aside. `cell_paths`: this command's cells.
+    problem = _output_problem(output)
+    if problem:
+        _usage_error(f"argument --output: cannot use {output!r}: {problem}")
+    settings = output_settings(output)
+    if settings is not None and settings != config and cell_files(output):
+        raise SystemExit(
+            f"--output {output} holds cells made with other settings "
+            f"({_differences(settings, config)}): a directory holds one set "
+            "of settings (models, rules and seeds may be added). Use another "
+            "--output."
+        )
+    bad = _check_cells(output, config)
+    _claim(output, config, settings, bad, cell_paths)
 
 
 def _train(args, config, todo, done, progress, say):

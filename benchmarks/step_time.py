@@ -68,14 +68,10 @@ busy machine, and the one the budget judges; with several threads it also
 counts threads waiting for work.
 """
 
-import argparse
 import functools
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 import keras
 import numpy as np
@@ -84,27 +80,10 @@ from keras import ops
 # Run from a checkout without installing: the package is next to benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_fa  # noqa: E402
-from benchmarks.shared import check_output_path  # noqa: E402
-from benchmarks.shared import jit_compile  # noqa: E402
-from benchmarks.shared import limit_threads  # noqa: E402
-from benchmarks.shared import names  # noqa: E402
-from benchmarks.shared import non_negative_int  # noqa: E402
-from benchmarks.shared import positive_int  # noqa: E402
-from benchmarks.shared import write_atomic  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
 MODELS = ("mlp", "cnn", "transformer", "sepcnn")
-RULES = (
-    "bp",
-    "fa",
-    "usf",
-    "brsf",
-    "frsf",
-    "kp",
-    "wm",
-    "dfa",
-    "drtp",
-    "shallow",
-)
+RULES = harness.RULES
 # Direct rules wrap the plain Keras model (keras_fa.direct_feedback): a
 # Sequential one, or a functional one with the layers it taps.
 DIRECT_RULES = ("dfa", "drtp", "shallow")
@@ -301,38 +280,12 @@ def build_model(model_name, feedback):
     return builder(feedback), f"keras_fa layers ({reason})"
 
 
-class _StepTimer(keras.callbacks.Callback):
-    """Times one epoch from the start of its first batch to its end.
-
-    It implements no `on_*_batch_end`, so Keras keeps dispatching batches
-    asynchronously, as it does without callbacks.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.start = None
-        self.seconds = None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == 0:
-            self.start = (time.perf_counter(), time.process_time())
-
-    def on_epoch_end(self, epoch, logs=None):
-        # Reading a weight back waits for all queued work (jax dispatches
-        # asynchronously; fit has already put the state back on the model).
-        keras.ops.convert_to_numpy(self.model.trainable_weights[-1])
-        self.seconds = (
-            time.perf_counter() - self.start[0],
-            time.process_time() - self.start[1],
-        )
-
-
-class Variant:
+class Variant(harness.Timings):
     """One compiled model and the fit call that times it."""
 
     def __init__(self, model_name, feedback, data, batch_size, jit_compile):
+        super().__init__(PLAIN if feedback is None else feedback)
         self.model_name = model_name
-        self.name = PLAIN if feedback is None else feedback
         keras.utils.set_random_seed(0)
         self.model, self.how = build_model(model_name, feedback)
         self.model.compile(
@@ -342,12 +295,12 @@ class Variant:
         )
         self.x, self.y = data
         self.batch_size = batch_size
-        self.wall = []
-        self.cpu = []
 
     def fit(self):
-        """Runs one epoch; records its wall-clock and CPU seconds per step."""
-        timer = _StepTimer()
+        """Runs one epoch; records its wall-clock and CPU seconds per step,
+        from the start of its first batch (after the weights are read
+        back: the queued work is done)."""
+        timer = harness.FitTimer("steps", wait=True)
         self.model.fit(
             self.x,
             self.y,
@@ -357,12 +310,12 @@ class Variant:
             verbose=0,
             callbacks=[timer],
         )
-        steps = len(self.x) // self.batch_size
-        self.wall.append(timer.seconds[0] / steps)
-        self.cpu.append(timer.seconds[1] / steps)
+        self.add(timer.seconds[-1], len(self.x) // self.batch_size)
 
 
 def make_data(model_name, steps, batch_size, seed=0):
+    """Returns `steps` batches of random examples `(x, y)` for
+    `model_name`."""
     rng = np.random.default_rng(seed)
     n = steps * batch_size
     x = rng.random((n, *INPUT_SHAPES[model_name]), dtype=np.float32)
@@ -397,18 +350,14 @@ def benchmark(
         # dropped.
         for _ in range(warmup):
             variant.fit()
-        variant.wall.clear()
-        variant.cpu.clear()
-    for r in range(repeats):
-        shift = r % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            variant.fit()
-        print(
-            f"  {model_name} repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{v.name} {1e3 * v.wall[-1]:.1f}" for v in variants),
-            file=sys.stderr,
-            flush=True,
-        )
+        variant.clear()
+    harness.interleave(
+        variants,
+        repeats,
+        lambda variant: variant.fit(),
+        f"{model_name} ",
+        lambda variant: f"{1e3 * variant.wall[-1]:.1f}",
+    )
     return variants
 
 
@@ -431,11 +380,9 @@ def rows(results, backend):
     out = []
     for variants in results:
         plain = variants[0]
-        plain_wall = statistics.median(plain.wall)
-        plain_cpu = statistics.median(plain.cpu)
+        plain_wall, plain_cpu = plain.median()
         for variant in variants:
-            wall = statistics.median(variant.wall)
-            cpu = statistics.median(variant.cpu)
+            wall, cpu = variant.median()
             limit = budget(backend, variant.name)
             cpu_ratio = cpu / plain_cpu
             out.append(
@@ -480,19 +427,7 @@ def table(results, backend):
 def describe(args, results):
     """Returns a line that says what was measured, and where."""
     backend = keras.backend.backend()
-    versions = [f"keras {keras.__version__}"]
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        versions.append(f"tensorflow {tf.__version__}")
-    elif backend == "jax":
-        import jax
-
-        versions.append(f"jax {jax.__version__}")
-    elif backend == "torch":
-        import torch
-
-        versions.append(f"torch {torch.__version__}")
+    where, machine = harness.describe()
     built = sorted(
         {
             f"{v.model_name}: {v.how}"
@@ -503,13 +438,11 @@ def describe(args, results):
     )
     quick = " QUICK RUN (--quick): the times mean nothing."
     return (
-        f"Backend {backend} ({', '.join(versions)}), "
-        f"jit_compile={args.jit_compile!r} "
+        f"{where}, jit_compile={args.jit_compile!r} "
         f"(resolved: {results[0][0].model.jit_compile}), "
-        f"threads={args.threads or 'default'}, batch size {args.batch_size}, "
+        f"{harness.threads_text(args.threads)}, batch size {args.batch_size}, "
         f"{args.steps} steps per fit, median of {args.repeats} interleaved "
-        f"repeats; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"repeats; {machine}; "
         f"load average {args.load[0]:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end. "
         f"Budget: CPU ratio <= {BUDGETS[backend]:.2f} for every rule but "
@@ -523,76 +456,11 @@ def parse_args(argv=None):
     """Parses the command line; exits as argparse does (status 2, naming
     the flag, the value and what is allowed) on a bad value or an output
     path that cannot be written, before anything is built."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--models",
-        default=",".join(MODELS),
-        help="comma-separated: " + ",".join(MODELS),
-    )
-    parser.add_argument(
-        "--rules",
-        default=",".join(RULES),
-        help="comma-separated feedback rules: "
-        + ",".join(RULES)
-        + " (direct rules only on "
-        + ",".join(SEQUENTIAL_MODELS + tuple(DIRECT_TAPS))
-        + ")",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=positive_int,
-        help=f"timed fits per variant (default {DEFAULTS['repeats']})",
-    )
-    parser.add_argument(
-        "--steps",
-        type=positive_int,
-        help=f"training steps per timed fit (default {DEFAULTS['steps']})",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        help=f"default {DEFAULTS['batch_size']}",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=non_negative_int,
-        help="untimed fits per variant before the timed ones "
-        f"(default {DEFAULTS['warmup']})",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="check that everything runs: "
-        + ", ".join(f"{k} {v}" for k, v in QUICK.items())
-        + " unless given",
-    )
-    parser.add_argument(
-        "--jit-compile",
-        type=jit_compile,
-        default="auto",
-        help="passed to model.compile: auto (the default users get), "
-        "true or false",
-    )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        help="threads the backend computes with (default: its own choice)",
-    )
-    parser.add_argument("--out", help="also write the table to this file")
-    parser.add_argument(
-        "--json", help="also write the rows and every repeat's times here"
-    )
+    parser = _parser()
     args = parser.parse_args(argv)
-    args.models = names(args.models, MODELS, "--models")
-    args.rules = names(args.rules, RULES, "--rules")
-    for key, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    check_output_path(parser, "--out", args.out)
-    check_output_path(parser, "--json", args.json)
+    harness.fill_defaults(args, QUICK if args.quick else DEFAULTS)
+    harness.check_output_path(parser, "--out", args.out)
+    harness.check_output_path(parser, "--json", args.json)
     if (
         args.out
         and args.json
@@ -605,13 +473,53 @@ def parse_args(argv=None):
     return args
 
 
+def _parser():
+    parser = harness.script_parser(__doc__)
+    parser.add_argument(
+        "--models",
+        type=harness.comma_list(allowed=MODELS, name="model"),
+        default=",".join(MODELS),
+        help="comma-separated: " + ",".join(MODELS),
+    )
+    direct = ",".join(SEQUENTIAL_MODELS + tuple(DIRECT_TAPS))
+    harness.add_rules_argument(
+        parser, RULES, note=f" (direct rules only on {direct})"
+    )
+    for flag, kind, text in (
+        ("--repeats", harness.positive_int, "timed fits per variant"),
+        ("--steps", harness.positive_int, "training steps per timed fit"),
+        ("--batch-size", harness.positive_int, "examples per step"),
+        (
+            "--warmup",
+            harness.non_negative_int,
+            "untimed fits per variant before the timed ones",
+        ),
+    ):
+        default = DEFAULTS[flag[2:].replace("-", "_")]
+        parser.add_argument(flag, type=kind, help=f"{text} (default {default})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="check that everything runs: "
+        + ", ".join(f"{k} {v}" for k, v in QUICK.items())
+        + " unless given",
+    )
+    harness.add_jit_compile_argument(parser)
+    harness.add_threads_argument(parser, None)
+    parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument(
+        "--json", help="also write the rows and every repeat's times here"
+    )
+    return parser
+
+
 def main(argv=None):
     """Runs the benchmark; returns the rows of the table (as `rows`)."""
     args = parse_args(argv)
     # Other work on the machine shows in the wall-clock times: say how much.
     args.load = os.getloadavg()
     if args.threads:
-        limit_threads(args.threads)
+        harness.limit_threads(args.threads)
     results = [
         benchmark(
             name,
@@ -629,19 +537,20 @@ def main(argv=None):
     report = f"{description}\n\n{table(results, backend)}\n"
     print(report)
     if args.out:
-        write_atomic(args.out, report)
+        harness.write_atomic(args.out, report)
     result_rows = rows(results, backend)
     if args.json:
         record = {
             "backend": backend,
             "description": description,
-            "command": " ".join(
-                [f"KERAS_BACKEND={backend} python benchmarks/step_time.py"]
-                + list(sys.argv[1:] if argv is None else argv)
+            "command": harness.command_line(
+                "python benchmarks/step_time.py",
+                sys.argv[1:] if argv is None else argv,
+                backend,
             ),
             "rows": result_rows,
         }
-        write_atomic(args.json, json.dumps(record, indent=1) + "\n")
+        harness.write_atomic(args.json, json.dumps(record, indent=1) + "\n")
     return result_rows
 
 

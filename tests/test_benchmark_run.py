@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import shlex
-import stat
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,8 @@ import pytest
 import keras_fa
 from benchmarks import run
 from keras_fa import datasets
+from tests._benchmark_helpers import forbid
+from tests._benchmark_helpers import is_png
 from tests.conftest import BACKEND
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,11 +72,8 @@ def fake(monkeypatch):
 
 def _no_work(monkeypatch):
     # Makes loading data or training fail the test.
-    def fail(*args, **kwargs):
-        raise AssertionError("data was loaded or a cell trained")
-
-    monkeypatch.setattr(run, "run_cell", fail)
-    monkeypatch.setattr(datasets, "load", fail)
+    forbid(monkeypatch, run, "run_cell")
+    forbid(monkeypatch, datasets, "load")
 
 
 def _summary_rules(output):
@@ -122,8 +120,7 @@ def test_cells_summary_and_figures(tmp_path):
     assert [line["rule"] for line in lines] == ["bp", "fa", "dfa"]
     assert float(lines[0]["update_angle_hidden_1"]) < 1e-2
     for figure in ("accuracy_digits_mlp.png", "alignment_digits_mlp.png"):
-        with open(os.path.join(out, figure), "rb") as file:
-            assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert is_png(os.path.join(out, figure))
 
 
 def test_interrupt_keeps_finished_cells_and_says_how_to_resume(
@@ -342,18 +339,6 @@ def test_malformed_cell_messages_say_what_happens(tmp_path, fake, capsys):
     assert lines[1].endswith("the cell runs again when a command includes it.")
 
 
-def test_write_atomic_follows_the_umask(tmp_path):
-    path = str(tmp_path / "summary.md")
-    # 0o077 first: the file it writes is then replaced under 0o022.
-    for umask, mode in ((0o077, 0o600), (0o022, 0o644), (0o002, 0o664)):
-        old = os.umask(umask)
-        try:
-            run.write_atomic(path, "text")
-        finally:
-            os.umask(old)
-        assert stat.S_IMODE(os.stat(path).st_mode) == mode, oct(umask)
-
-
 def test_output_through_a_file_is_refused_up_front(
     tmp_path, monkeypatch, capsys
 ):
@@ -393,20 +378,6 @@ def test_unwritable_output_is_refused_up_front(tmp_path, monkeypatch, capsys):
     finally:
         locked.chmod(0o700)
     assert os.listdir(locked) == []
-
-
-def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
-    path = str(tmp_path / "result.json")
-    run.write_atomic(path, "old")
-
-    def fail(*args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        run.write_atomic(path, "new")
-    assert open(path).read() == "old"
-    assert os.listdir(tmp_path) == ["result.json"]
 
 
 INTEGER = "must be an integer >= 1, got"
@@ -580,7 +551,7 @@ def test_tfds_dataset_through_mock_data(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     out = str(tmp_path / "runs")
     with tfds.testing.mock_data(num_examples=64):
-        # The mock's builder is never "prepared" (see test_datasets.py).
+        # The mock's builder is never "prepared" (see test_datasets_tfds.py).
         monkeypatch.setattr(
             tfds.core.DatasetBuilder, "is_prepared", lambda self: True
         )
@@ -612,7 +583,9 @@ def test_tfds_dataset_through_mock_data(tmp_path, monkeypatch):
 
 
 def test_missing_tfds_data_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "_network_available", lambda *a: False)
+    monkeypatch.setattr(
+        datasets.download, "network_available", lambda *a: False
+    )
     with pytest.raises(SystemExit, match="tfds build cifar10"):
         run.main(
             [

@@ -1,19 +1,17 @@
 """Tests of the command lines of benchmarks/step_time.py,
-benchmarks/estimator_time.py and benchmarks/alignment_cost.py, and of the
-checks in benchmarks/shared.py they use: a bad value is an argparse error
-(status 2) naming the flag, the value and what is allowed, and an output
-path that cannot be written is refused before any work, not after it."""
-
-import argparse
-import os
+benchmarks/estimator_time.py and benchmarks/alignment_cost.py: a bad value
+is an argparse error (status 2) naming the flag, the value and what is
+allowed, and an output path that cannot be written is refused before any
+work, not after it. The checks themselves (benchmarks/harness.py) are
+tested in test_benchmark_harness.py."""
 
 import keras
 import pytest
 
 from benchmarks import alignment_cost
 from benchmarks import estimator_time
-from benchmarks import shared
 from benchmarks import step_time
+from tests._benchmark_helpers import forbid
 
 SCRIPTS = {
     "step_time": step_time,
@@ -36,11 +34,7 @@ QUIET = {
 
 
 def _no_work(monkeypatch, script):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("work started before the arguments were checked")
-
-    for name in WORK[script]:
-        monkeypatch.setattr(SCRIPTS[script], name, forbidden)
+    forbid(monkeypatch, SCRIPTS[script], *WORK[script])
 
 
 def _usage_error(capsys, parse, argv):
@@ -53,152 +47,6 @@ def _usage_error(capsys, parse, argv):
 
 
 # -------------------------------------------------------------------------
-# benchmarks.shared: the argparse types
-
-
-@pytest.mark.parametrize(
-    "parse, good, bad, allowed",
-    [
-        (shared.positive_int, {"3": 3}, ["0", "-3", "2.5", "x"], ">= 1"),
-        (shared.non_negative_int, {"0": 0}, ["-1", "x"], ">= 0"),
-        (shared.int_in(2), {"2": 2}, ["1"], "an integer >= 2"),
-        (
-            shared.seed,
-            {"0": 0, "4294967295": 2**32 - 1},
-            ["-1", "4294967296"],
-            "between 0 and 4294967295, inclusive",
-        ),
-        (
-            shared.positive_float,
-            {"0.01": 0.01},
-            ["0", "-1", "nan", "inf"],
-            "> 0",
-        ),
-        (shared.non_negative_float, {"0": 0.0}, ["-0.5", "x"], ">= 0"),
-        (
-            shared.float_in(0, 1, low_open=True, high_open=True),
-            {"0.25": 0.25},
-            ["0", "1", "1.5"],
-            "between 0 and 1, exclusive",
-        ),
-        (
-            shared.float_in(0, 1, high_open=True),
-            {"0": 0.0},
-            ["1"],
-            "between 0 and 1 (>= 0 and < 1)",
-        ),
-        (
-            shared.positive_ints,
-            {"256, 256": (256, 256), "3": (3,)},
-            ["-3", "3,0", "", "a"],
-            "positive integers",
-        ),
-        (
-            shared.jit_compile,
-            {"auto": "auto", "TRUE": True, "false": False},
-            ["maybe", "1"],
-            "auto, true, false",
-        ),
-    ],
-)
-def test_argument_types_name_the_value_and_what_is_allowed(
-    parse, good, bad, allowed
-):
-    for text, value in good.items():
-        assert parse(text) == value and type(parse(text)) is type(value)
-    for text in bad:
-        with pytest.raises(argparse.ArgumentTypeError) as error:
-            parse(text)
-        assert allowed in str(error.value)
-        assert str(error.value).endswith(f"got {text!r}")
-
-
-def test_argument_types_are_usage_errors_naming_the_flag(capsys):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=shared.positive_int)
-    parser.add_argument("--jit-compile", type=shared.jit_compile)
-    for argv, words in (
-        (["--steps", "-3"], "argument --steps: must be an integer >= 1, "),
-        (["--jit-compile", "maybe"], "argument --jit-compile: must be one of"),
-    ):
-        err = _usage_error(capsys, parser.parse_args, argv)
-        assert words in err and repr(argv[1]) in err
-
-
-# -------------------------------------------------------------------------
-# benchmarks.shared: output paths
-
-
-def test_output_problem_of_files_and_directories(tmp_path):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("mine")
-    problem = shared.output_problem
-    # Creatable or replaceable: nothing is created to find out.
-    assert problem(tmp_path / "new" / "deeper" / "out.md") is None
-    assert problem(a_file) is None
-    assert problem(tmp_path / "new" / "dir", directory=True) is None
-    assert problem(tmp_path, directory=True) is None
-    assert not (tmp_path / "new").exists()
-    # Through a file, or the wrong kind.
-    through = f"{a_file} is a file, not a directory"
-    assert problem(a_file / "out.md") == through
-    assert problem(a_file / "x" / "out.md") == through
-    assert problem(a_file / "dir", directory=True) == through
-    assert problem(a_file, directory=True) == "it is a file, not a directory"
-    assert problem(tmp_path) == "it is a directory, not a file"
-    assert (
-        problem(a_file, directory=True, name="cells")
-        == "cells is a file, not a directory"
-    )
-    assert a_file.read_text() == "mine"
-
-
-def test_output_problem_of_paths_that_cannot_be_written(tmp_path, monkeypatch):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    (locked / "old.md").write_text("old")
-    locked.chmod(0o500)
-    try:
-        if os.access(locked, os.W_OK):
-            # Root writes anywhere: deny what the mode denies others.
-            access = os.access
-
-            def as_user(path, mode):
-                if str(path).startswith(str(locked)) and mode & os.W_OK:
-                    return False
-                return access(path, mode)
-
-            monkeypatch.setattr(shared.os, "access", as_user)
-        problem = shared.output_problem
-        assert problem(locked / "new" / "out.md") == (
-            f"{locked / 'new' / 'out.md'} cannot be created: {locked} is not "
-            "writable"
-        )
-        assert problem(locked, directory=True) == "it is not writable"
-        assert problem(locked / "old.md") == "it is not writable"
-    finally:
-        locked.chmod(0o700)
-
-
-def test_check_output_path_is_a_usage_error_naming_flag_and_path(
-    tmp_path, capsys
-):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("mine")
-    parser = argparse.ArgumentParser()
-    shared.check_output_path(parser, "--out", "")  # no output: nothing to check
-    shared.check_output_path(parser, "--out", str(tmp_path / "new" / "t.md"))
-    path = str(a_file / "t.md")
-    err = _usage_error(
-        capsys, lambda p: shared.check_output_path(parser, "--out", p), path
-    )
-    assert (
-        f"argument --out: cannot write {path!r}: {a_file} is a file, not a "
-        "directory" in err
-    )
-
-
-# -------------------------------------------------------------------------
 # The scripts: every numeric flag, --jit-compile, and the output paths
 
 
@@ -206,7 +54,7 @@ RANGES = [
     ("step_time", "--repeats", "-3", "an integer >= 1"),
     ("step_time", "--steps", "0", "an integer >= 1"),
     ("step_time", "--batch-size", "-3", "an integer >= 1"),
-    ("step_time", "--threads", "-1", "an integer >= 1"),
+    ("step_time", "--threads", "-1", "an integer >= 0"),
     ("step_time", "--warmup", "-1", "an integer >= 0"),
     ("step_time", "--steps", "2.5", "an integer >= 1"),
     ("estimator_time", "--repeats", "-3", "an integer >= 1"),
@@ -224,7 +72,7 @@ RANGES = [
         "1.5",
         "a number between 0 and 1, exclusive",
     ),
-    ("estimator_time", "--hidden-layer-sizes", "-3", "positive integers"),
+    ("estimator_time", "--hidden-layer-sizes", "-3", "an integer >= 1"),
     ("alignment_cost", "--steps", "1", "an integer >= 2"),
     ("alignment_cost", "--repeats", "-3", "an integer >= 1"),
     ("alignment_cost", "--every", "0", "an integer >= 1"),
@@ -233,24 +81,38 @@ RANGES = [
     ("alignment_cost", "--threads", "-1", "an integer >= 0"),
     ("alignment_cost", "--learning-rate", "-1", "a number > 0"),
     ("alignment_cost", "--learning-rate", "0", "a number > 0"),
-    ("alignment_cost", "--train-every", "-3", "positive integers"),
+    ("alignment_cost", "--train-every", "1,-3", "an integer >= 1"),
 ]
 
 
+LISTS = [
+    ("step_time", "--rules", "fa,nope", "unknown rule(s) nope; allowed: bp"),
+    ("step_time", "--models", "mlp,MLP", "model mlp given more than once"),
+    ("estimator_time", "--rules", ",", "empty rule list ','"),
+    ("alignment_cost", "--backends", "jax,tpu", "unknown backend(s) tpu"),
+    ("alignment_cost", "--train-models", "mlp,x", "unknown model(s) x"),
+]
+# (script, flag, value, words of the error): a number out of its range
+# names it (of a list, the bad item) and the range.
+BAD_VALUES = [
+    (s, f, v, (f"must be {allowed}", f"got {v.split(',')[-1]!r}"))
+    for s, f, v, allowed in RANGES
+] + [(s, f, v, (words,)) for s, f, v, words in LISTS]
+
+
 @pytest.mark.parametrize(
-    "script, flag, value, allowed",
-    RANGES,
-    ids=[f"{s}:{f}={v}" for s, f, v, _ in RANGES],
+    "script, flag, value, words",
+    BAD_VALUES,
+    ids=[f"{s}:{f}={v}" for s, f, v, _ in BAD_VALUES],
 )
-def test_numeric_flags_name_the_flag_the_value_and_the_range(
-    script, flag, value, allowed, monkeypatch, capsys
+def test_bad_values_name_the_flag_and_what_is_allowed(
+    script, flag, value, words, monkeypatch, capsys
 ):
     _no_work(monkeypatch, script)
-    err = _usage_error(capsys, SCRIPTS[script].main, [flag, value])
-    assert f"argument {flag}: must be {allowed}" in err or (
-        f"argument {flag}: expected comma-separated {allowed}" in err
-    )
-    assert f"got {value!r}" in err
+    argv = [flag, value, *QUIET[script]]
+    err = _usage_error(capsys, SCRIPTS[script].main, argv)
+    assert f"argument {flag}: {words[0]}" in err
+    assert all(word in err for word in words)
 
 
 @pytest.mark.parametrize("script", ["step_time", "alignment_cost"])
@@ -343,6 +205,9 @@ def test_default_arguments_still_parse():
     args = estimator_time.parse_args([])
     assert (args.repeats, args.random_state, args.threads) == (3, 0, 1)
     assert args.hidden_layer_sizes == (100,)
+    args = alignment_cost.parse_args(["--train-models", "none"])
+    assert args.train_models == []
+    assert args.models == list(alignment_cost.MODELS)
     args = alignment_cost.parse_args(["--quick"])
     assert (args.steps, args.train_every, args.learning_rate) == (
         60,

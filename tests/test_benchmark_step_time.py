@@ -2,13 +2,12 @@
 verdicts, and the format of its report (never its timings)."""
 
 import json
-import types
 
 import pytest
 
 import keras_fa
+from benchmarks import harness
 from benchmarks import step_time
-from benchmarks.shared import names
 from tests.conftest import BACKEND
 
 # The transformer's feedback versions come from keras_fa.convert, which may
@@ -72,9 +71,11 @@ def test_direct_rules_have_the_layer_wise_budget():
 
 
 def _variant(name, cpu):
-    return types.SimpleNamespace(
-        model_name="m", name=name, how="", wall=[cpu], cpu=[cpu]
-    )
+    # A step_time.Variant's timings, without a model.
+    variant = harness.Timings(name)
+    variant.model_name, variant.how = "m", ""
+    variant.add((cpu, cpu))
+    return variant
 
 
 def test_budget_verdicts():
@@ -150,12 +151,15 @@ def test_quick_run_writes_table_and_json(tmp_path):
         assert f"{row['cpu_ratio']:.3f}" == body[row["variant"]][6]
 
 
-def test_name_lists_ignore_case_as_the_layers_do():
-    # benchmarks.shared.names reads --rules and --models of every script.
-    assert names(" FA,Usf ", step_time.RULES, "--rules") == ["fa", "usf"]
-    args = step_time.parse_args(["--rules", "FA,kp", "--models", "MLP"])
-    assert args.rules == ["fa", "kp"] and args.models == ["mlp"]
-    with pytest.raises(SystemExit, match="--rules: unknown or empty"):
-        names("fa,xx", step_time.RULES, "--rules")
-    with pytest.raises(SystemExit, match="choose from mlp,cnn"):
-        names(" , ", step_time.MODELS, "--models")
+def test_name_lists_ignore_case_as_the_layers_do(capsys):
+    # harness.comma_list reads --rules and --models of every script.
+    args = step_time.parse_args(["--rules", " FA,Usf ", "--models", "MLP"])
+    assert args.rules == ["fa", "usf"] and args.models == ["mlp"]
+    for argv, words in (
+        (["--rules", "fa,xx"], "--rules: unknown rule(s) xx; allowed: bp,"),
+        (["--models", " , "], "--models: empty model list ' , '"),
+    ):
+        with pytest.raises(SystemExit) as error:
+            step_time.parse_args(argv)
+        assert error.value.code == 2
+        assert words in capsys.readouterr().err

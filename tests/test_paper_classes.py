@@ -9,8 +9,6 @@ CIFAR-100 without data is skipped with a message; bad arguments fail before
 any training.
 """
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -21,10 +19,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from benchmarks import harness
 from benchmarks import run
 from benchmarks.paper import classes
+from tests._benchmark_helpers import check_output_through_a_file
+from tests._benchmark_helpers import forbid
+from tests._benchmark_helpers import is_png
+from tests._benchmark_helpers import printed
 
-PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = (
     "accuracy_vs_classes.png",
     "angle_vs_classes.png",
@@ -34,10 +36,7 @@ FIGURES = (
 
 
 def _main(argv):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        summary = classes.main(argv)
-    return summary, out.getvalue()
+    return printed(classes.main, argv)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +119,7 @@ def test_quick_writes_json_markdown_and_figures(quick):
     assert len(summary["points"]) == 2
     assert summary["figures"] == list(FIGURES)
     for name in FIGURES:
-        with open(os.path.join(output, name), "rb") as file:
-            assert file.read(8) == PNG
+        assert is_png(os.path.join(output, name))
     table = open(os.path.join(output, "summary.md")).read()
     assert table.count("| digits | 2 | 5 |") == 2
     assert table.count("| digits | 4 | 3 |") == 2
@@ -228,20 +226,9 @@ def test_a_file_that_is_not_a_cell_is_named_kept_and_run_again(
 def test_an_output_through_a_file_is_refused_before_training(
     tmp_path, monkeypatch, capsys
 ):
-    def never(*args, **kwargs):
-        raise AssertionError("work started")
-
-    monkeypatch.setattr(run, "run_cell", never)
-    monkeypatch.setattr(classes, "availability", never)
-    (tmp_path / "file").write_text("kept")
-    output = str(tmp_path / "file" / "out")
-    with pytest.raises(SystemExit) as error:
-        classes.main(["--quick", "--output", output])
-    assert error.value.code == 2
-    err = capsys.readouterr().err
-    assert f"argument --output: cannot write {output!r}" in err
-    assert "is a file, not a directory" in err
-    assert (tmp_path / "file").read_text() == "kept"
+    forbid(monkeypatch, run, "run_cell")
+    forbid(monkeypatch, classes, "availability")
+    check_output_through_a_file(classes.main, tmp_path, capsys)
 
 
 def test_cifar100_without_data_is_skipped_with_a_message(quick, tmp_path):
@@ -280,6 +267,7 @@ BAD_ARGUMENTS = (
     ["--rules", "fa,dfa"],  # no bp to take the gap to
     ["--rules", "bp"],
     ["--rules", "bp,nope"],
+    ["--rules", "bp,fa,BP"],  # bp twice
     ["--datasets", "mnist"],
     ["--epochs", "0"],
     ["--model", "resnet20"],
@@ -309,6 +297,8 @@ def test_arguments_defaults_and_failures(tmp_path, capsys):
     assert classes.parse_args(["--quick"]).output == classes.QUICK_OUTPUT
     digits = classes.parse_args(["--classes", "5,2,5"]).classes["digits"]
     assert digits == (2, 5)
+    # Rule names ignore case, as in the layers.
+    assert classes.parse_args(["--rules", "BP,Fa"]).rules == ["bp", "fa"]
     ks = (2, 5, 10, 20, 50, 100)
     assert [classes.epochs_for(k, 30) for k in ks] == [150, 60, 30, 15, 6, 3]
     assert classes.epochs_for(100, 1) == 1
@@ -403,7 +393,7 @@ def test_correlation_equals_scipy_and_hand_computation(tmp_path):
     status = {name: {"status": "ran"} for name in ("digits", "mnist1d")}
     summary = classes.analyse(_synthetic(), args, status, [])
     summary["figures"] = []
-    path = classes.common.write_json(tmp_path / "summary.json", summary)
+    path = harness.write_json(tmp_path / "summary.json", summary)
     saved = json.load(open(path))
     assert len(saved["points"]) == 2 * 3 * 3
     points = saved["points"]

@@ -24,9 +24,11 @@ import numpy as np
 import pytest
 
 import keras_fa
-from benchmarks.paper import common
+from benchmarks import harness
 from benchmarks.paper import conservation
 from keras_fa import alignment
+from tests._benchmark_helpers import forbid
+from tests._benchmark_helpers import is_png
 
 # Standard Glorot scale (growth from the start, for every rule), a step of
 # 0.05 and 100 steps: training time 5. Same structure as QUICK, so the
@@ -39,7 +41,6 @@ CONFIG = {
     "records": 4,
 }
 CASES = [(rule, bias) for rule in conservation.RULES for bias in (True, False)]
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @functools.lru_cache(maxsize=None)
@@ -225,8 +226,7 @@ def test_quick_run_writes_results_and_is_deterministic(tmp_path):
     ]
     for name in names:
         if name.endswith(".png"):
-            with open(os.path.join(out, name), "rb") as file:
-                assert file.read(8) == PNG
+            assert is_png(os.path.join(out, name))
 
     # The first seed again, alone (without the figures, which take longer
     # than the runs): the same numbers.
@@ -234,23 +234,20 @@ def test_quick_run_writes_results_and_is_deterministic(tmp_path):
     quick = conservation.QUICK
     data = x[: quick["examples"]], y[: quick["examples"]]
     again = conservation.run_experiments(quick, [0], data, log=lambda _: None)
-    path = common.write_json(str(tmp_path / "one.json"), again)
+    path = harness.write_json(str(tmp_path / "one.json"), again)
     with open(path) as file:
         assert _first_seed(json.load(file)) == _first_seed(results)
 
 
 def test_bad_arguments_fail_fast(tmp_path, capsys, monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("the experiments started")
-
-    monkeypatch.setattr(conservation, "run_experiments", never)
-    monkeypatch.setattr(keras_fa.datasets, "load_digits", never)
+    forbid(monkeypatch, conservation, "run_experiments")
+    forbid(monkeypatch, keras_fa.datasets, "load_digits")
     file = tmp_path / "file"
     file.write_text("kept")
     through = str(file / "results")
     for argv, message in (
-        (["--seeds", "0"], "--seeds: must be a positive integer, got '0'"),
-        (["--seeds", "two"], "--seeds: must be a positive integer, got 'two'"),
+        (["--seeds", "0"], "--seeds: must be an integer >= 1, got '0'"),
+        (["--seeds", "two"], "--seeds: must be an integer >= 1, got 'two'"),
         (["--quick", "--steps", "5"], "unrecognized arguments: --steps"),
         (["--output", str(file)], f"--output: cannot write {str(file)!r}"),
         # Found before the experiments, not when the results are written.

@@ -2,8 +2,6 @@
 reproduction (its numbers are empirical and are not asserted): label
 flips, data fallback, results, figures, determinism, argument errors."""
 
-import contextlib
-import io
 import json
 import os
 
@@ -11,10 +9,12 @@ import numpy as np
 import pytest
 
 from benchmarks.paper import label_noise
-from tests.test_datasets import prepared_mnist  # noqa: F401 (a fixture)
-from tests.test_paper_min_norm import _without_timing
-
-PNG = b"\x89PNG\r\n\x1a\n"
+from tests._benchmark_helpers import check_paper_command_line
+from tests._benchmark_helpers import check_refused
+from tests._benchmark_helpers import forbid
+from tests._benchmark_helpers import is_png
+from tests._benchmark_helpers import printed
+from tests._benchmark_helpers import without_timing
 
 
 def test_flip_is_exactly_the_fraction_and_to_another_class():
@@ -46,23 +46,11 @@ def quick(tmp_path_factory):
     """The quick run with an absent MNIST directory: the offline fallback."""
     output = str(tmp_path_factory.mktemp("label_noise"))
     absent = os.path.join(output, "no_tfds_here")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        results = label_noise.main(
-            [
-                "--quick",
-                "--seeds",
-                "1",
-                "--datasets",
-                "auto",
-                "--data-dir",
-                absent,
-                "--output",
-                output,
-            ]
-        )
-    messages = printed.getvalue().splitlines()
-    return output, absent, messages, results
+    argv = ["--quick", "--seeds", "1", "--datasets", "auto"]
+    results, text = printed(
+        label_noise.main, [*argv, "--data-dir", absent, "--output", output]
+    )
+    return output, absent, text.splitlines(), results
 
 
 def test_falls_back_to_the_offline_sets_with_a_message(quick):
@@ -104,8 +92,7 @@ def test_results_and_figures(quick):
             mean, std = row[key]
             assert 0.0 <= mean <= 1.0 and std == 0.0  # one seed
     for name in ("accuracy_digits.png", "curves_digits.png"):
-        with open(os.path.join(output, name), "rb") as file:
-            assert file.read(8) == PNG
+        assert is_png(os.path.join(output, name))
     table = label_noise.summary_markdown(results)
     assert "300 training examples (60 flipped)" in table
     assert table.count("| fa |") == 1
@@ -135,29 +122,16 @@ def test_deterministic_for_a_seed(quick):
     data = label_noise.load_data(args)["digits"]
     again = label_noise.run_cell(args, "digits", data, "fa", seed=0)
     (before,) = [c for c in first["cells"] if c["rule"] == "fa"]
-    assert _without_timing(again) == _without_timing(before)
+    assert without_timing(again) == without_timing(before)
 
 
-def test_uses_mnist_when_prepared(prepared_mnist, tmp_path):  # noqa: F811
+def test_uses_mnist_when_prepared(prepared_mnist, tmp_path):
     root, examples = prepared_mnist  # a real TFDS directory, 60 + 30 images
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        results = label_noise.main(
-            [
-                "--quick",
-                "--seeds",
-                "1",
-                "--rules",
-                "fa",
-                "--train-size",
-                "40",
-                "--data-dir",
-                root,
-                "--output",
-                str(tmp_path),
-            ]
-        )
-    assert "not available" not in printed.getvalue()
+    argv = ["--quick", "--seeds", "1", "--rules", "fa", "--train-size", "40"]
+    results, text = printed(
+        label_noise.main, [*argv, "--data-dir", root, "--output", str(tmp_path)]
+    )
+    assert "not available" not in text
     assert results["datasets"] == {
         "mnist": {
             "num_train": 40,
@@ -188,75 +162,39 @@ def test_asking_for_absent_mnist_fails_with_what_to_do(tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
-def _refused(argv, capsys):
-    # Exits with a usage error; returns its line ("...: error: ...").
-    with pytest.raises(SystemExit) as error:
-        label_noise.main(argv)
-    assert error.value.code == 2, argv
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
 @pytest.fixture
 def no_run(monkeypatch):
     """Makes the experiment fail the test if it starts."""
+    forbid(monkeypatch, label_noise, "run")
 
-    def never(*args, **kwargs):
-        raise AssertionError("the experiment started")
 
-    monkeypatch.setattr(label_noise, "run", never)
+BAD_ARGUMENTS = [
+    ["--noise", "1.5"],
+    ["--noise", "0"],
+    ["--rules", "nope"],
+    ["--rules", "fa,fa"],
+    ["--datasets", "auto,digits"],
+    ["--datasets", "imagenet"],
+    ["--seeds", "0"],
+    ["--hidden", "32,0"],
+]
 
 
 def test_bad_arguments_fail_fast(tmp_path, capsys, no_run):
-    for argv in [
-        ["--noise", "1.5"],
-        ["--noise", "0"],
-        ["--rules", "nope"],
-        ["--rules", "fa,fa"],
-        ["--datasets", "auto,digits"],
-        ["--datasets", "imagenet"],
-        ["--seeds", "0"],
-        ["--hidden", "32,0"],
-    ]:
-        error = _refused([*argv, "--quick", "--output", str(tmp_path)], capsys)
-        assert argv[0] in error
-    assert not os.listdir(tmp_path)
+    # Each error names its flag.
+    cases = [(argv, (argv[0],)) for argv in BAD_ARGUMENTS]
+    check_refused(label_noise.main, cases, tmp_path, capsys)
 
 
 RANGE_ERRORS = [  # (flag, bad value, what is allowed)
     ("--train-size", "1", ">= 2"),
     ("--epochs", "0", ">= 1"),
     ("--eval-every", "-3", ">= 1"),
-    ("--hidden", "-3", "positive integers"),
+    ("--hidden", "-3", ">= 1"),
     ("--batch-size", "0", ">= 1"),
     ("--learning-rate", "0", "> 0"),
 ]
 
 
-def test_range_errors_name_the_flag_the_value_and_what_is_allowed(
-    tmp_path, capsys, no_run
-):
-    for flag, value, allowed in RANGE_ERRORS:
-        error = _refused(
-            ["--quick", "--output", str(tmp_path), flag, value], capsys
-        )
-        assert f"argument {flag}: " in error, error
-        assert repr(value) in error and allowed in error, error
-
-
-def test_an_output_through_a_file_is_refused_before_training(
-    tmp_path, capsys, no_run
-):
-    (tmp_path / "file").write_text("kept")
-    output = str(tmp_path / "file" / "results")
-    error = _refused(["--quick", "--output", output], capsys)
-    assert "argument --output: " in error and output in error
-    assert "is a file, not a directory" in error
-    assert (tmp_path / "file").read_text() == "kept"
-
-
-def test_quick_runs_do_not_overwrite_the_committed_results():
-    full = label_noise.parse_args([])
-    assert full.output.endswith(os.path.join("results", "paper", "label_noise"))
-    quick = label_noise.parse_args(["--quick"])
-    assert quick.output == label_noise.QUICK_OUTPUT != full.output
-    assert label_noise.parse_args(["--quick", "--output", "x"]).output == "x"
+def test_command_line_is_checked_before_training(tmp_path, capsys, no_run):
+    check_paper_command_line(label_noise, RANGE_ERRORS, tmp_path, capsys)

@@ -14,18 +14,11 @@ import numpy as np
 import pytest
 
 from benchmarks.paper import min_norm
-
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _without_timing(value):
-    if isinstance(value, dict):
-        return {
-            k: _without_timing(v) for k, v in value.items() if k != "seconds"
-        }
-    if isinstance(value, list):
-        return [_without_timing(v) for v in value]
-    return value
+from tests._benchmark_helpers import check_paper_command_line
+from tests._benchmark_helpers import check_refused
+from tests._benchmark_helpers import forbid
+from tests._benchmark_helpers import is_png
+from tests._benchmark_helpers import without_timing
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +54,7 @@ def test_writes_results_and_figures(quick):
     assert len(results["summary"]) == 2 * 3
     assert {row["seeds"] for row in results["summary"]} == {2}
     for name in ("distance.png", "training.png"):
-        with open(os.path.join(output, name), "rb") as file:
-            assert file.read(8) == PNG
+        assert is_png(os.path.join(output, name))
     table = open(os.path.join(output, "summary.md"), encoding="utf-8").read()
     assert table.count("| fa |") == 3 and table.count("| bp |") == 3
 
@@ -153,7 +145,7 @@ def test_deterministic_for_a_seed(quick, tmp_path):
     ]
     before = dict(before)
     before.pop("distance_to_bp")
-    assert _without_timing(again) == _without_timing(before)
+    assert without_timing(again) == without_timing(before)
 
 
 def test_problem_and_min_norm_solution():
@@ -168,39 +160,27 @@ def test_problem_and_min_norm_solution():
     np.testing.assert_array_equal(again[0], x)
 
 
-def _refused(argv, capsys):
-    # Exits with a usage error; returns its line ("...: error: ...").
-    with pytest.raises(SystemExit) as error:
-        min_norm.main(argv)
-    assert error.value.code == 2, argv
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
 @pytest.fixture
 def no_run(monkeypatch):
     """Makes the experiment fail the test if it starts."""
+    forbid(monkeypatch, min_norm, "run")
 
-    def never(*args, **kwargs):
-        raise AssertionError("the experiment started")
 
-    monkeypatch.setattr(min_norm, "run", never)
+BAD_ARGUMENTS = [  # (command line, words of the error)
+    # Not under-determined.
+    (["--samples", "30", "--features", "20"], ("(30)", "(20)")),
+    (["--scales", "a"], ("--scales", "'a'")),
+    # Direct rules have no W1 update of this form.
+    (["--rules", "dfa"], ("--rules", "dfa")),
+    (["--rules", "fa,FA"], ("--rules", "rule fa given more than once")),
+    (["--scales", "1,0.1,1"], ("--scales", "scale 1.0 given more")),
+    (["--seeds", "0"], ("--seeds", "'0'")),
+    (["--hidden", "1", "--outputs", "2"], ("--hidden (1)", "(2)")),
+]
 
 
 def test_bad_arguments_fail_fast(tmp_path, capsys, no_run):
-    for argv, words in [
-        # Not under-determined.
-        (["--samples", "30", "--features", "20"], ("(30)", "(20)")),
-        (["--scales", "a"], ("--scales", "'a'")),
-        # Direct rules have no W1 update of this form.
-        (["--rules", "dfa"], ("--rules", "dfa")),
-        (["--rules", "fa,fa"], ("--rules", "repeats fa")),
-        (["--scales", "1,0.1,1"], ("--scales", "repeats 1.0")),
-        (["--seeds", "0"], ("--seeds", "'0'")),
-        (["--hidden", "1", "--outputs", "2"], ("--hidden (1)", "(2)")),
-    ]:
-        error = _refused([*argv, "--quick", "--output", str(tmp_path)], capsys)
-        assert all(word in error for word in words), (argv, error)
-    assert not os.listdir(tmp_path)
+    check_refused(min_norm.main, BAD_ARGUMENTS, tmp_path, capsys)
 
 
 RANGE_ERRORS = [  # (flag, bad value, what is allowed)
@@ -215,32 +195,5 @@ RANGE_ERRORS = [  # (flag, bad value, what is allowed)
 ]
 
 
-def test_range_errors_name_the_flag_the_value_and_what_is_allowed(
-    tmp_path, capsys, no_run
-):
-    for flag, value, allowed in RANGE_ERRORS:
-        error = _refused(
-            ["--quick", "--output", str(tmp_path), flag, value], capsys
-        )
-        bad = value.split(",")[-1]  # of a list, the bad item
-        assert f"argument {flag}: " in error, error
-        assert repr(bad) in error and allowed in error, error
-
-
-def test_an_output_through_a_file_is_refused_before_training(
-    tmp_path, capsys, no_run
-):
-    (tmp_path / "file").write_text("kept")
-    output = str(tmp_path / "file" / "results")
-    error = _refused(["--quick", "--output", output], capsys)
-    assert "argument --output: " in error and output in error
-    assert "is a file, not a directory" in error
-    assert (tmp_path / "file").read_text() == "kept"
-
-
-def test_quick_runs_do_not_overwrite_the_committed_results():
-    full = min_norm.parse_args([])
-    assert full.output.endswith(os.path.join("results", "paper", "min_norm"))
-    quick = min_norm.parse_args(["--quick"])
-    assert quick.output == min_norm.QUICK_OUTPUT != full.output
-    assert min_norm.parse_args(["--quick", "--output", "x"]).output == "x"
+def test_command_line_is_checked_before_training(tmp_path, capsys, no_run):
+    check_paper_command_line(min_norm, RANGE_ERRORS, tmp_path, capsys)

@@ -57,7 +57,6 @@ the figures `accuracy_vs_classes.png`, `angle_vs_classes.png`,
 `gap_vs_classes.png` and `gap_vs_angle.png`.
 """
 
-import argparse
 import json
 import math
 import os
@@ -66,8 +65,8 @@ import time
 
 import keras
 
+from benchmarks import harness
 from benchmarks import run
-from benchmarks.paper import common
 from keras_fa import datasets
 
 NAME = "classes"
@@ -93,45 +92,26 @@ OPTIMIZER = "adam"
 LEARNING_RATE = 1e-3
 BATCH_SIZE = 128
 PROBE = 256
-ROOT = os.path.dirname(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-)
-QUICK_OUTPUT = common.quick_output(NAME)
+QUICK_OUTPUT = harness.quick_output(NAME)
 MEASURES = ("gap", "relative_gap")
 # Alignment: the final update angle, and its average over training.
 ANGLES = ("angle", "angle_training")
 
 
-def _names(allowed, what):
-    def parse(text):
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        unknown = [item for item in items if item not in allowed]
-        if not items or unknown:
-            raise argparse.ArgumentTypeError(
-                f"unknown or empty {what} {text!r}; allowed: "
-                f"{', '.join(allowed)}"
-            )
-        return tuple(dict.fromkeys(items))
-
-    return parse
+_CLASS_COUNTS = harness.comma_list(
+    harness.int_in(2), name="class count", repeats=True
+)
 
 
 def _class_counts(text):
-    try:
-        counts = sorted({int(item) for item in text.split(",") if item})
-    except ValueError:
-        counts = []
-    if not counts or counts[0] < 2:
-        raise argparse.ArgumentTypeError(
-            f"class counts must be integers >= 2, got {text!r}"
-        )
-    return tuple(counts)
+    # Comma-separated class counts, each >= 2: sorted, each once.
+    return tuple(sorted(set(_CLASS_COUNTS(text))))
 
 
 def parse_args(argv=None):
     """Parses and checks the command line; returns the argparse namespace
     with `classes` resolved to a dict {data set: class counts}."""
-    parser = common.parser(NAME, __doc__.split("\n")[0], seeds=SEEDS)
+    parser = harness.paper_parser(NAME, __doc__.split("\n")[0], seeds=SEEDS)
     # None: 3 seeds, or 1 with --quick.
     parser.set_defaults(seeds=None)
     parser.add_argument(
@@ -140,7 +120,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--datasets",
-        type=_names(DATASETS, "data set"),
+        type=harness.comma_list(allowed=DATASETS, name="data set"),
         default=None,
         help=f"comma-separated (default {','.join(DATASETS)}; --quick: "
         f"{','.join(QUICK_DATASETS)})",
@@ -154,7 +134,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--rules",
-        type=_names(run.ALL_RULES, "rule"),
+        type=harness.comma_list(allowed=run.ALL_RULES, name="rule"),
         default=None,
         help=f"comma-separated, bp among them (default {','.join(RULES)}; "
         f"--quick {','.join(QUICK_RULES)})",
@@ -162,25 +142,32 @@ def parse_args(argv=None):
     parser.add_argument("--model", choices=MODELS, default="mlp")
     parser.add_argument(
         "--epochs",
-        type=common.positive_int,
+        type=harness.positive_int,
         default=None,
         help=f"epochs at 10 classes, scaled by 10/k (default {EPOCHS}; "
         f"--quick {QUICK_EPOCHS})",
     )
-    args = common.parse_args(parser, argv, NAME)
-    if args.seeds is None:
-        args.seeds = 1 if args.quick else SEEDS
-    if args.epochs is None:
-        args.epochs = QUICK_EPOCHS if args.quick else EPOCHS
-    if args.rules is None:
-        args.rules = QUICK_RULES if args.quick else RULES
+    return _resolve(parser, harness.parse_paper_args(parser, argv, NAME))
+
+
+def _resolve(parser, args):
+    # Fills in the defaults of a full or a --quick run; checks the rules
+    # and the class counts against the data sets'.
+    quick = args.quick
+    harness.fill_defaults(
+        args,
+        {
+            "seeds": 1 if quick else SEEDS,
+            "epochs": QUICK_EPOCHS if quick else EPOCHS,
+            "rules": QUICK_RULES if quick else RULES,
+            "datasets": QUICK_DATASETS if quick else DATASETS,
+        },
+    )
     if "bp" not in args.rules:
         parser.error("--rules must include bp: the gaps are taken to it")
     if len(args.rules) < 2:
         parser.error("--rules needs a rule besides bp")
-    if args.datasets is None:
-        args.datasets = QUICK_DATASETS if args.quick else DATASETS
-    default = QUICK_CLASSES if args.quick else CLASSES
+    default = QUICK_CLASSES if quick else CLASSES
     counts = {name: args.classes or default[name] for name in args.datasets}
     for name, ks in counts.items():
         if ks[-1] > NUM_CLASSES[name]:
@@ -293,33 +280,12 @@ def check_cells(args, status):
         elif record is not None:
             _check_settings(path, record, run.config_of(options))
     for path, problem in bad:
-        _set_aside(path, problem)
+        run.set_aside(path, problem)
 
 
 def _check_settings(path, record, config):
     if record["config"] != config:
-        differences = ", ".join(
-            f"{key}={record['config'].get(key)!r}, now {config.get(key)!r}"
-            for key in sorted(set(record["config"]) | set(config))
-            if record["config"].get(key) != config.get(key)
-        )
-        raise SystemExit(
-            f"{path} was made with other settings ({differences}). Use "
-            "another --output, or move that file away to run the cell again."
-        )
-
-
-def _set_aside(path, problem):
-    # Renames `path` to `<path>.bad` (`.bad2`, ... if taken), and says so.
-    target, number = path + ".bad", 1
-    while os.path.lexists(target):
-        number += 1
-        target = f"{path}.bad{number}"
-    os.rename(path, target)
-    print(
-        f"{path} {problem}: moved aside to {target}; the cell runs again.",
-        file=sys.stderr,
-    )
+        raise run.settings_error(path, record["config"], config)
 
 
 def train(args, status, say=print):
@@ -348,7 +314,7 @@ def cell(args, options, rule, seed, tasks, say=print):
     path = os.path.join(args.output, "cells", name + ".json")
     record, problem = run.load_cell(path)
     if problem is not None:
-        _set_aside(path, problem)
+        run.set_aside(path, problem)
     elif record is not None:
         _check_settings(path, record, config)
         return record
@@ -360,7 +326,7 @@ def cell(args, options, rule, seed, tasks, say=print):
             seed=seed,
         )
     record = run.run_cell(options, tasks["task"], args.model, rule, seed)
-    run.write_atomic(path, json.dumps(record, indent=1))
+    harness.write_atomic(path, json.dumps(record, indent=1))
     say(
         f"{options.dataset} k={options.classes} {rule} seed {seed}: test "
         f"accuracy {record['test_accuracy']:.3f}, mean hidden update angle "
@@ -471,19 +437,11 @@ def summarize(points):
             "epochs": group[0]["epochs"],
         }
         for key in ANGLES + ("accuracy", "gap", "relative_gap", "late_gain"):
-            mean, std = common.mean_std([p[key] for p in group])
+            mean, std = harness.mean_std([p[key] for p in group])
             row[f"{key}_mean"], row[f"{key}_std"] = mean, std
-        depth = max(len(p["layer_angles"]) for p in group)
-        row["layer_angles_mean"] = [
-            common.mean_std(
-                [
-                    p["layer_angles"][i]
-                    for p in group
-                    if i < len(p["layer_angles"])
-                ]
-            )[0]
-            for i in range(depth)
-        ]
+        row["layer_angles_mean"] = harness.column_means(
+            [p["layer_angles"] for p in group]
+        )
         rows.append(row)
     rows.sort(key=_order)
     return rows
@@ -632,7 +590,7 @@ def _panels(rows, metrics, path, rules, reference=None):
     """A panel per (metric, data set): the metric against k, a line per
     rule. `metrics`: (key, y label) pairs, one row of panels each."""
     names = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig = common.figure(4.2 * len(names), 3.6 * len(metrics))
+    fig = harness.figure(4.2 * len(names), 3.6 * len(metrics))
     for row_index, (metric, ylabel) in enumerate(metrics):
         for index, name in enumerate(names):
             axes = fig.add_subplot(
@@ -678,7 +636,7 @@ def _panels(rows, metrics, path, rules, reference=None):
             if index == 0 and row_index == 0:
                 axes.legend(fontsize="small")
     fig.tight_layout()
-    return common.write_png(fig, path)
+    return harness.write_png(fig, path)
 
 
 def _fmt(value, digits=2):
@@ -690,7 +648,7 @@ def _fmt(value, digits=2):
 def _scatter(rows, found, path):
     """Gap (raw, relative) against each alignment measure: 2 x 2 panels."""
     others = [r for r in rows if r["rule"] != "bp"]
-    fig = common.figure(10.0, 8.4)
+    fig = harness.figure(10.0, 8.4)
     for row_index, angle in enumerate(ANGLES):
         for column, measure in enumerate(MEASURES):
             axes = fig.add_subplot(2, 2, 2 * row_index + column + 1)
@@ -739,7 +697,7 @@ def _scatter(rows, found, path):
         fontsize="small",
     )
     fig.tight_layout()
-    return common.write_png(fig, path)
+    return harness.write_png(fig, path)
 
 
 def figures(rows, found, rules, directory):
@@ -780,6 +738,16 @@ def _pm(mean, std, digits=3):
 
 def markdown(summary):
     """Returns summary.md: settings, the table, correlations and trends."""
+    lines = _settings_lines(summary)
+    lines += _rows_table(summary["rows"])
+    lines += _correlation_table(summary)
+    lines += _trends_table(summary["trends"])
+    lines += ["", "Figures: " + ", ".join(summary["figures"]), ""]
+    return "\n".join(lines)
+
+
+def _settings_lines(summary):
+    # The title, the command and its settings, the data sets skipped.
     settings = summary["settings"]
     lines = [
         "# Alignment and the number of classes",
@@ -799,13 +767,18 @@ def markdown(summary):
     for name, entry in summary["datasets"].items():
         if entry["status"] == "skipped":
             lines.append(f"- {name}: skipped, {entry['reason']}.")
-    lines += [
+    return lines
+
+
+def _rows_table(rows):
+    # A line per (data set, k, rule).
+    lines = [
         "",
         "| data set | k | epochs | rule | test accuracy | final angle (deg) "
         "| training angle (deg) | gap to bp | relative gap | late gain |",
         "|---|---:|---:|---|---|---|---|---|---|---:|",
     ]
-    for row in summary["rows"]:
+    for row in rows:
         lines.append(
             f"| {row['dataset']} | {row['classes']} | {row['epochs']} "
             f"| {row['rule']} "
@@ -816,7 +789,12 @@ def markdown(summary):
             f"| {_pm(row['relative_gap_mean'], row['relative_gap_std'])} "
             f"| {_fmt(row['late_gain_mean'], 3)} |"
         )
-    lines += [
+    return lines
+
+
+def _correlation_table(summary):
+    # A line per (angle, points, scope, measure).
+    lines = [
         "",
         "Correlation of the alignment (update angle) with the gap to bp, "
         "non-bp rules; points: the (data set, k, rule) means over seeds, or "
@@ -841,7 +819,12 @@ def markdown(summary):
                         f"| {_fmt(c['spearman_rho'])} "
                         f"({_fmt(c['spearman_p'], 3)}) |"
                     )
-    lines += [
+    return lines
+
+
+def _trends_table(trends):
+    # A line per (data set, rule).
+    lines = [
         "",
         "Trend with k (Spearman rho of k against the gap and the angles, "
         "single seeds; positive: worse with more classes):",
@@ -850,20 +833,42 @@ def markdown(summary):
         "| rho(k, training angle) |",
         "|---|---|---:|---|---|---|",
     ]
-    for entry in summary["trends"]:
+    for entry in trends:
         lines.append(
             f"| {entry['dataset']} | {entry['rule']} | {entry['n']} "
             f"| {_fmt(entry['spearman_classes_gap'])} "
             f"| {_fmt(entry['spearman_classes_angle'])} "
             f"| {_fmt(entry['spearman_classes_angle_training'])} |"
         )
-    lines += ["", "Figures: " + ", ".join(summary["figures"]), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def command_of(argv):
     """Returns the command line that reproduces a run."""
-    return " ".join(["python -m benchmarks.paper.classes", *argv])
+    return harness.command_line("python -m benchmarks.paper.classes", argv)
+
+
+#: What the summary's measures are.
+DEFINITIONS = {
+    "angle": "update angle per hidden layer (rule's update vs the true "
+    "gradient, on the probe, after the last epoch), averaged over the "
+    "hidden layers",
+    "angle_training": "the same, averaged also over the epochs (measured "
+    "after each)",
+    "gap": "bp accuracy - rule accuracy, same data set, k and seed",
+    "relative_gap": "gap / (bp accuracy - 1/k)",
+    "late_gain": "test accuracy gained over the last fifth of the epochs",
+}
+#: The columns of the summary's `points`, one per non-bp row.
+POINT_KEYS = (
+    "dataset",
+    "classes",
+    "rule",
+    "angle_mean",
+    "angle_training_mean",
+    "gap_mean",
+    "relative_gap_mean",
+)
 
 
 def analyse(records, args, status, argv):
@@ -875,50 +880,11 @@ def analyse(records, args, status, argv):
         "claim": "better alignment with the true gradient gives better FA "
         "accuracy on multi-class tasks; FA falls behind bp as k grows",
         "command": command_of(argv),
-        "settings": {
-            "model": args.model,
-            "rules": list(args.rules),
-            "seeds": args.seeds,
-            "epochs_at_10_classes": args.epochs,
-            "epochs": {
-                name: {
-                    str(k): epochs_for(k, args.epochs)
-                    for k in args.classes[name]
-                }
-                for name in status
-            },
-            "optimizer": OPTIMIZER,
-            "learning_rate": LEARNING_RATE,
-            "batch_size": BATCH_SIZE,
-            "probe": PROBE,
-            "quick": args.quick,
-            "backend": keras.backend.backend(),
-            "keras": keras.__version__,
-            "angle": "update angle per hidden layer (rule's update vs the "
-            "true gradient, on the probe, after the last epoch), averaged "
-            "over the hidden layers",
-            "angle_training": "the same, averaged also over the epochs "
-            "(measured after each)",
-            "gap": "bp accuracy - rule accuracy, same data set, k and seed",
-            "relative_gap": "gap / (bp accuracy - 1/k)",
-            "late_gain": "test accuracy gained over the last fifth of the "
-            "epochs",
-        },
+        "settings": _settings(args, status),
         "datasets": status,
         "rows": rows,
         "points": [
-            {
-                key: row[key]
-                for key in (
-                    "dataset",
-                    "classes",
-                    "rule",
-                    "angle_mean",
-                    "angle_training_mean",
-                    "gap_mean",
-                    "relative_gap_mean",
-                )
-            }
+            {key: row[key] for key in POINT_KEYS}
             for row in rows
             if row["rule"] != "bp"
         ],
@@ -926,6 +892,30 @@ def analyse(records, args, status, argv):
         "correlation": correlations(rows, suffix="_mean"),
         "correlation_seeds": correlations(points),
         "trends": trends(points),
+    }
+
+
+def _settings(args, status):
+    # The summary's settings: the run's, and what its measures are.
+    return {
+        "model": args.model,
+        "rules": list(args.rules),
+        "seeds": args.seeds,
+        "epochs_at_10_classes": args.epochs,
+        "epochs": {
+            name: {
+                str(k): epochs_for(k, args.epochs) for k in args.classes[name]
+            }
+            for name in status
+        },
+        "optimizer": OPTIMIZER,
+        "learning_rate": LEARNING_RATE,
+        "batch_size": BATCH_SIZE,
+        "probe": PROBE,
+        "quick": args.quick,
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        **DEFINITIONS,
     }
 
 
@@ -944,8 +934,10 @@ def main(argv=None):
     summary["figures"] = figures(
         summary["rows"], summary["correlation"], args.rules, args.output
     )
-    common.write_json(os.path.join(args.output, "summary.json"), summary)
-    run.write_atomic(os.path.join(args.output, "summary.md"), markdown(summary))
+    harness.write_json(os.path.join(args.output, "summary.json"), summary)
+    harness.write_atomic(
+        os.path.join(args.output, "summary.md"), markdown(summary)
+    )
     for angle in ANGLES:
         c = summary["correlation"][angle]["all"]["gap"]
         print(

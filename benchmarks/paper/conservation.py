@@ -69,8 +69,7 @@ import keras
 import numpy as np
 
 import keras_fa
-from benchmarks.paper import common
-from benchmarks.shared import limit_threads
+from benchmarks import harness
 from keras_fa.alignment import angle
 from keras_fa.feedback.base import glorot_scale
 
@@ -388,6 +387,40 @@ class _Pair:
             )
         return out
 
+    def neurons(self, weights):
+        """Per neuron: the drift of Q, its two parts, the weight-decay
+        formula, the growth of |w_in|^2 and Q(0)."""
+        return {
+            "drift": self.q(weights) - self.q0,
+            "first": self.first,
+            "second": self.second,
+            "decay": self.decay,
+            "growth": self.w_in_sq(weights) - self.w_in0,
+            "q0": self.q0,
+        }
+
+    def final(self, weights, decay_rate):
+        """The measures after the last step, with the sizes of the parts."""
+        drift = self.q(weights) - self.q0
+        final = self.measures(weights)
+        final.update(
+            {
+                "relative_drift": final["drift_abs"] / final["growth"],
+                "first_order": float(np.sum(np.abs(self.first))),
+                "second_order": float(np.sum(np.abs(self.second))),
+                # Float rounding only: the change of Q is the two parts.
+                "residual": float(
+                    np.max(np.abs(drift - self.first - self.second))
+                ),
+            }
+        )
+        if decay_rate:
+            final["decay_formula"] = float(np.sum(self.decay))
+            final["decay_error"] = float(
+                np.sum(np.abs(self.first - self.decay))
+            )
+        return final
+
 
 def train_run(
     rule,
@@ -426,10 +459,46 @@ def train_run(
         loss of the batch of the next step); `"summary"`, final scalars.
     """
     x, y = data
-    n = len(x)
-    batch = n if batch_size is None else batch_size
+    batch = len(x) if batch_size is None else batch_size
     model = _runner(rule, bias, kind, config, batch, x.shape[1], 10)
-    sizes = (x.shape[1], config["hidden"], config["hidden"], 10)
+    rate = _start(model, seed, config, kind, halvings)
+    decay_rate = rate * config["weight_decay"] if kind == "weight_decay" else 0
+    steps = config["steps"] * 2**halvings
+    tracker = _Tracker(model, rate, decay_rate)
+    batches = _batches(data, batch_size, seed)
+    _train_steps(model, tracker, batches, steps, config)
+    loss, accuracy = _forward(tracker.weights, x, y)
+    tracker.curve["loss"].append(loss)
+    neurons, summary = tracker.summary()
+    summary.update(
+        learning_rate=rate,
+        steps=steps,
+        loss_start=tracker.curve["loss"][0],
+        loss=loss,
+        accuracy=accuracy,
+    )
+    return {"neurons": neurons, "curve": tracker.curve, "summary": summary}
+
+
+def _train_steps(model, tracker, batches, steps, config):
+    # Trains `steps` steps on `batches`, stepping `tracker` with the weights
+    # read after each; records the measures (and the loss of the step
+    # after) `config["records"]` times.
+    every = max(steps // config["records"], 1)
+    for step in range(1, steps + 1):
+        loss = float(model.train_on_batch(*next(batches)))
+        if (step - 1) % every == 0:
+            tracker.curve["loss"].append(loss)
+        tracker.step(_read(model))
+        if step % every == 0:
+            tracker.record(step)
+
+
+def _start(model, seed, config, kind, halvings):
+    # Puts the seed's initial weights into the compiled `model`, zeroes its
+    # optimizer's state and sets its learning rate; returns the rate.
+    inputs = model.layers[0].kernel.shape[0]
+    sizes = (inputs, config["hidden"], config["hidden"], 10)
     weights = initial_weights(seed, sizes, config["init_scale"])
     for layer, (kernel, bias_values, feedback) in zip(model.layers, weights):
         layer.kernel.assign(kernel)
@@ -442,97 +511,76 @@ def train_run(
         variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
     rate = learning_rate(kind, config, halvings)
     optimizer.learning_rate = rate
-    decay_rate = rate * config["weight_decay"] if kind == "weight_decay" else 0
-    steps = config["steps"] * 2**halvings
-    every = max(steps // config["records"], 1)
+    return rate
 
-    feedback = [_Feedback(layer) for layer in model.layers]
-    old = _read(model)
-    pairs = {
-        name: _Pair(l, feedback[l + 1], old) for l, name in enumerate(LAYERS)
-    }
-    curve = {"time": [], "loss": []}
 
-    def record(step, weights):
-        curve["time"].append(rate * step)
-        for name, pair in pairs.items():
-            for key, value in pair.measures(weights).items():
-                curve.setdefault(f"{name}/{key}", []).append(value)
-
+def _batches(data, batch_size, seed):
+    # Yields the (x, y) of each step: the whole set (batch_size None), or
+    # minibatches of a permutation drawn from `seed` anew each epoch.
+    x, y = data
+    if batch_size is None:
+        full = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+        while True:
+            yield full
     rng = np.random.default_rng(seed)
     order = np.arange(0)
-    full = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
-    record(0, old)
-    for step in range(1, steps + 1):
-        if batch_size is None:
-            inputs = full
-        else:
-            if len(order) < batch_size:  # a new epoch, reshuffled
-                order = rng.permutation(n)
-            index, order = order[:batch_size], order[batch_size:]
-            inputs = x[index], y[index]
-        loss = float(model.train_on_batch(*inputs))
-        if (step - 1) % every == 0:
-            curve["loss"].append(loss)
-        new = _read(model)
-        for pair in pairs.values():
-            pair.step(old, new, decay_rate)
-        old = new
-        if step % every == 0:
-            record(step, new)
-    loss, accuracy = _forward(old, x, y)
-    curve["loss"].append(loss)
+    while True:
+        if len(order) < batch_size:  # a new epoch, reshuffled
+            order = rng.permutation(len(x))
+        index, order = order[:batch_size], order[batch_size:]
+        yield x[index], y[index]
 
-    neurons, summary = {}, {}
-    for name, pair in pairs.items():
-        drift = pair.q(old) - pair.q0
-        neurons[name] = {
-            "drift": drift,
-            "first": pair.first,
-            "second": pair.second,
-            "decay": pair.decay,
-            "growth": pair.w_in_sq(old) - pair.w_in0,
-            "q0": pair.q0,
+
+class _Tracker:
+    """Follows the hidden layers' Q through a run: the `_Pair` of each
+    hidden layer, stepped with the weights read after every step, and the
+    curve of their measures."""
+
+    def __init__(self, model, rate, decay_rate):
+        self.rate, self.decay_rate = rate, decay_rate
+        feedback = [_Feedback(layer) for layer in model.layers]
+        self.weights = _read(model)
+        self.pairs = {
+            name: _Pair(l, feedback[l + 1], self.weights)
+            for l, name in enumerate(LAYERS)
         }
-        final = pair.measures(old)
-        final.update(
-            {
-                "relative_drift": final["drift_abs"] / final["growth"],
-                "first_order": float(np.sum(np.abs(pair.first))),
-                "second_order": float(np.sum(np.abs(pair.second))),
-                # Float rounding only: the change of Q is the two parts.
-                "residual": float(
-                    np.max(np.abs(drift - pair.first - pair.second))
-                ),
-            }
+        self.curve = {"time": [], "loss": []}
+        self.record(0)
+
+    def record(self, step):
+        """Adds the measures of the weights after `step` to the curve."""
+        self.curve["time"].append(self.rate * step)
+        for name, pair in self.pairs.items():
+            for key, value in pair.measures(self.weights).items():
+                self.curve.setdefault(f"{name}/{key}", []).append(value)
+
+    def step(self, new):
+        """Adds the change from the last weights to `new` to each pair."""
+        for pair in self.pairs.values():
+            pair.step(self.weights, new, self.decay_rate)
+        self.weights = new
+
+    def summary(self):
+        """Returns `(neurons, summary)` of `train_run` after the last step."""
+        neurons, summary = {}, {}
+        for name, pair in self.pairs.items():
+            neurons[name] = pair.neurons(self.weights)
+            final = pair.final(self.weights, self.decay_rate)
+            if "angle" in final:
+                final["angle_start"] = self.curve[f"{name}/angle"][0]
+            summary.update({f"{name}/{k}": v for k, v in final.items()})
+        summary["drift_abs"] = sum(summary[f"{n}/drift_abs"] for n in LAYERS)
+        summary["relative_drift"] = summary["drift_abs"] / sum(
+            summary[f"{n}/growth"] for n in LAYERS
         )
-        if "angle" in final:
-            final["angle_start"] = curve[f"{name}/angle"][0]
-        if decay_rate:
-            final["decay_formula"] = float(np.sum(pair.decay))
-            final["decay_error"] = float(
-                np.sum(np.abs(pair.first - pair.decay))
-            )
-        summary.update({f"{name}/{k}": v for k, v in final.items()})
-    summary["drift_abs"] = sum(summary[f"{n}/drift_abs"] for n in LAYERS)
-    summary["relative_drift"] = summary["drift_abs"] / sum(
-        summary[f"{n}/growth"] for n in LAYERS
-    )
-    summary.update(
-        learning_rate=rate,
-        steps=steps,
-        loss_start=curve["loss"][0],
-        loss=loss,
-        accuracy=accuracy,
-    )
-    return {"neurons": neurons, "curve": curve, "summary": summary}
+        return neurons, summary
 
 
 # -- the experiments ------------------------------------------------------
 
 
 def _stats(values):
-    mean, std = common.mean_std(values)
+    mean, std = harness.mean_std(values)
     return {"mean": mean, "std": std}
 
 
@@ -573,10 +621,38 @@ def run_experiments(config, seeds, data, log=print):
         A dict with `"law"`, `"learning_rate"`, `"optimizers"`,
         `"alignment"` and `"curves"` (the law runs of the first seed).
     """
-    seeds = list(seeds)
-    runs = {}  # (key, kind, halvings) -> per-seed runs
     configs = [(rule, bias, None) for rule in RULES for bias in (True, False)]
     configs.append(("fa", True, config["batch_size"]))
+    runs = _train_all(config, list(seeds), data, configs, log)
+    results = {"law": {}, "learning_rate": {}, "optimizers": {}}
+    results["alignment"] = {}
+    for rule, bias, batch_size in configs:
+        key = _key(rule, bias, batch_size)
+        base = [r["summary"] for r in runs[(key, "sgd", 0)]]
+        results["law"][key] = {
+            "per_seed": base,
+            "mean_std": _aggregate(base),
+        }
+        results["learning_rate"][key] = _halving(
+            runs, key, "sgd", config["halvings"]
+        )
+        if rule != "bp" and batch_size is None:
+            results["alignment"][key] = _alignment(runs[(key, "sgd", 0)])
+    results["optimizers"] = _optimizers(runs, config)
+    results["curves"] = {
+        "law": {
+            _key(r, b, s): _rounded(runs[(_key(r, b, s), "sgd", 0)][0]["curve"])
+            for r, b, s in configs
+        }
+    }
+    return results
+
+
+def _train_all(config, seeds, data, configs, log):
+    # Returns {(key, optimizer, halvings): per-seed runs}: plain SGD for
+    # every (rule, bias, batch size) of `configs` at each halving, and the
+    # other optimizers for fa with biases.
+    runs = {}
 
     def run(rule, bias, batch_size, kind, halvings):
         start = time.perf_counter()
@@ -595,7 +671,6 @@ def run_experiments(config, seeds, data, log=print):
             f"drift/growth {out[0]['summary']['relative_drift']:.2e}  "
             f"({time.perf_counter() - start:.1f} s)"
         )
-        return out
 
     for rule, bias, batch_size in configs:
         for h in range(config["halvings"] + 1):
@@ -603,26 +678,18 @@ def run_experiments(config, seeds, data, log=print):
     for kind in OPTIMIZERS[1:]:
         for h in range(config["optimizer_halvings"] + 1):
             run("fa", True, None, kind, h)
+    return runs
 
-    results = {"law": {}, "learning_rate": {}, "optimizers": {}}
-    results["alignment"] = {}
-    for rule, bias, batch_size in configs:
-        key = _key(rule, bias, batch_size)
-        base = [r["summary"] for r in runs[(key, "sgd", 0)]]
-        results["law"][key] = {
-            "per_seed": base,
-            "mean_std": _aggregate(base),
-        }
-        results["learning_rate"][key] = _halving(
-            runs, key, "sgd", config["halvings"]
-        )
-        if rule != "bp" and batch_size is None:
-            results["alignment"][key] = _alignment(runs[(key, "sgd", 0)])
+
+def _optimizers(runs, config):
+    # fa with biases under each optimizer, against plain SGD; weight
+    # decay's first-order part per neuron against its formula.
     key = _key("fa", True)
     sgd = [r["summary"]["relative_drift"] for r in runs[(key, "sgd", 0)]]
+    out = {}
     for kind in OPTIMIZERS:
         base = [r["summary"] for r in runs[(key, kind, 0)]]
-        entry = {
+        out[kind] = {
             "learning_rate": learning_rate(kind, config),
             "per_seed": base,
             "mean_std": _aggregate(base),
@@ -632,22 +699,15 @@ def run_experiments(config, seeds, data, log=print):
             ),
             "halving": _halving(runs, key, kind, config["optimizer_halvings"]),
         }
-        results["optimizers"][kind] = entry
     decay = runs[(key, "weight_decay", 0)][0]["neurons"]
-    results["optimizers"]["weight_decay"]["neurons_first_seed"] = {
+    out["weight_decay"]["neurons_first_seed"] = {
         name: {
             "first": decay[name]["first"],
             "formula": decay[name]["decay"],
         }
         for name in LAYERS
     }
-    results["curves"] = {
-        "law": {
-            _key(r, b, s): _rounded(runs[(_key(r, b, s), "sgd", 0)][0]["curve"])
-            for r, b, s in configs
-        }
-    }
-    return results
+    return out
 
 
 def _halving(runs, key, kind, halvings):
@@ -716,13 +776,13 @@ def _label(key):
 def _write(fig, path):
     # 80 dpi keeps the four figures near 250 KB together.
     fig.set_dpi(80)
-    return common.write_png(fig, path)
+    return harness.write_png(fig, path)
 
 
 def plot_law(results, path):
     """Q(t) - Q(0) and 2 (sum phi(t) - sum phi(0)) per layer against the
     growth of |W_l|^2 + |b_l|^2, per rule (the first seed)."""
-    fig = common.figure(12, 7)
+    fig = harness.figure(12, 7)
     axes = fig.subplots(2, len(RULES), squeeze=False)
     for col, rule in enumerate(RULES):
         for row, name in enumerate(LAYERS):
@@ -772,7 +832,7 @@ def plot_law(results, path):
 def plot_learning_rate(results, path):
     """Drift against the learning rate over the same training time
     (log-log), for plain SGD and the other optimizers."""
-    fig = common.figure(11, 4.5)
+    fig = harness.figure(11, 4.5)
     left, right = fig.subplots(1, 2)
     for key, entry in results["learning_rate"].items():
         rates = np.array(entry["learning_rates"])
@@ -831,60 +891,9 @@ def plot_learning_rate(results, path):
 def plot_optimizers(results, path):
     """The drift of each optimizer relative to the weight growth, split in
     its parts, and weight decay's first-order part against its formula."""
-    fig = common.figure(11, 4.5)
+    fig = harness.figure(11, 4.5)
     left, right = fig.subplots(1, 2)
-    kinds = list(results["optimizers"])
-    width = 0.27
-    parts = (
-        ("relative_drift", "total", 0.0),
-        ("first_order", "first-order part", 1.0),
-        ("second_order", "second-order part", 2.0),
-    )
-    for measure, label, offset in parts:
-        means, stds = [], []
-        for kind in kinds:
-            runs = results["optimizers"][kind]["per_seed"]
-            if measure == "relative_drift":
-                values = [r["relative_drift"] for r in runs]
-            else:
-                values = [
-                    sum(r[f"{n}/{measure}"] for n in LAYERS)
-                    / sum(r[f"{n}/growth"] for n in LAYERS)
-                    for r in runs
-                ]
-            mean, std = common.mean_std(values)
-            means.append(mean)
-            stds.append(std)
-        left.bar(
-            np.arange(len(kinds)) + (offset - 1) * width,
-            means,
-            width,
-            yerr=stds,
-            capsize=3,
-            label=label,
-        )
-    for i, kind in enumerate(kinds):
-        factor = results["optimizers"][kind]["breakage"]["mean"]
-        left.annotate(
-            f"x{factor:.3g}",
-            (
-                i,
-                results["optimizers"][kind]["mean_std"]["relative_drift"][
-                    "mean"
-                ],
-            ),
-            textcoords="offset points",
-            xytext=(0, 8),
-            ha="center",
-            fontsize=8,
-        )
-    left.set_xticks(np.arange(len(kinds)), [k.replace("_", " ") for k in kinds])
-    left.set(
-        yscale="log",
-        ylabel="sum_i |dQ_i| / growth of |W|^2",
-        title="fa, same training time: drift relative to growth (x SGD's)",
-    )
-    left.legend(fontsize=8)
+    _drift_bars(left, results["optimizers"])
     neurons = results["optimizers"]["weight_decay"]["neurons_first_seed"]
     low, high = math.inf, -math.inf
     for name in LAYERS:
@@ -904,11 +913,62 @@ def plot_optimizers(results, path):
     return _write(fig, path)
 
 
+def _drift_bars(axes, optimizers):
+    # Per optimizer, bars of the drift relative to growth and of its two
+    # parts, annotated with the factor over plain SGD's.
+    kinds = list(optimizers)
+    width = 0.27
+    parts = (
+        ("relative_drift", "total", 0.0),
+        ("first_order", "first-order part", 1.0),
+        ("second_order", "second-order part", 2.0),
+    )
+    for measure, label, offset in parts:
+        means, stds = [], []
+        for kind in kinds:
+            runs = optimizers[kind]["per_seed"]
+            if measure == "relative_drift":
+                values = [r["relative_drift"] for r in runs]
+            else:
+                values = [
+                    sum(r[f"{n}/{measure}"] for n in LAYERS)
+                    / sum(r[f"{n}/growth"] for n in LAYERS)
+                    for r in runs
+                ]
+            mean, std = harness.mean_std(values)
+            means.append(mean)
+            stds.append(std)
+        axes.bar(
+            np.arange(len(kinds)) + (offset - 1) * width,
+            means,
+            width,
+            yerr=stds,
+            capsize=3,
+            label=label,
+        )
+    for i, kind in enumerate(kinds):
+        axes.annotate(
+            f"x{optimizers[kind]['breakage']['mean']:.3g}",
+            (i, optimizers[kind]["mean_std"]["relative_drift"]["mean"]),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+        )
+    axes.set_xticks(np.arange(len(kinds)), [k.replace("_", " ") for k in kinds])
+    axes.set(
+        yscale="log",
+        ylabel="sum_i |dQ_i| / growth of |W|^2",
+        title="fa, same training time: drift relative to growth (x SGD's)",
+    )
+    axes.legend(fontsize=8)
+
+
 def plot_alignment(results, path):
     """The angle between W_{l+1} and B_{l+1} against the growth of
     |W_l|^2, measured (solid) and predicted by the law from Q(0)
     (dashed)."""
-    fig = common.figure(11, 4.5)
+    fig = harness.figure(11, 4.5)
     axes = fig.subplots(1, len(LAYERS), squeeze=False)[0]
     for ax, name in zip(axes, LAYERS):
         i = LAYERS.index(name) + 1
@@ -939,6 +999,24 @@ def plot_alignment(results, path):
 # -- the command ----------------------------------------------------------
 
 
+#: The measures of the law table, per layer.
+LAW_COLUMNS = (
+    "growth",
+    "drift_abs",
+    "drift_max",
+    "relative_drift",
+    "first_order",
+)
+#: The measures of the alignment table, per layer, and their formats.
+ALIGNMENT_COLUMNS = {
+    "growth": ".3g",
+    "angle_start": ".1f",
+    "angle_end": ".1f",
+    "rank_correlation": ".2f",
+    "law_error_max": ".2g",
+}
+
+
 def _table(results):
     # The headline numbers as Markdown, mean ± std over seeds.
     def pm(stats, fmt=".3g"):
@@ -952,13 +1030,8 @@ def _table(results):
     for key, entry in results["law"].items():
         stats = entry["mean_std"]
         for name in LAYERS:
-            lines.append(
-                f"| {key} | {name} | {pm(stats[f'{name}/growth'])} | "
-                f"{pm(stats[f'{name}/drift_abs'])} | "
-                f"{pm(stats[f'{name}/drift_max'])} | "
-                f"{pm(stats[f'{name}/relative_drift'])} | "
-                f"{pm(stats[f'{name}/first_order'])} |"
-            )
+            cells = [pm(stats[f"{name}/{m}"]) for m in LAW_COLUMNS]
+            lines.append(harness.table_row(key, name, *cells))
     lines += ["", "| rule | drift ratio per halving of lr |", "|---|---|"]
     for key, entry in results["learning_rate"].items():
         ratios = entry["drift_abs"]["ratio_per_halving"]
@@ -985,27 +1058,22 @@ def _table(results):
     for key, entry in results["alignment"].items():
         for name in LAYERS:
             stats = entry[name]["mean_std"]
-            lines.append(
-                f"| {key} | {name} | {pm(stats['growth'])} | "
-                f"{pm(stats['angle_start'], '.1f')} | "
-                f"{pm(stats['angle_end'], '.1f')} | "
-                f"{pm(stats['rank_correlation'], '.2f')} | "
-                f"{pm(stats['law_error_max'], '.2g')} |"
-            )
+            cells = [pm(stats[m], f) for m, f in ALIGNMENT_COLUMNS.items()]
+            lines.append(harness.table_row(key, name, *cells))
     return "\n".join(lines)
 
 
 def main(argv=None):
     """Runs the experiments, writes the JSON and the figures, prints the
     tables; returns the results dict."""
-    parser = common.parser(
+    parser = harness.paper_parser(
         NAME,
         "Measure Robertson & Koyejo's conservation law on ReLU MLPs trained "
         "with fa, usf and bp: its drift under plain SGD, against the "
         "learning rate, under momentum, Adam and weight decay, and the "
         "alignment it implies.",
     )
-    args = common.parse_args(parser, argv, NAME)
+    args = harness.parse_paper_args(parser, argv, NAME)
     config = QUICK if args.quick else FULL
     (x, y), _ = keras_fa.datasets.load_digits()
     data = x[: config["examples"]], y[: config["examples"]]
@@ -1023,7 +1091,7 @@ def main(argv=None):
             "wall_time_s": time.perf_counter() - start,
         }
     )
-    common.write_json(os.path.join(args.output, f"{NAME}.json"), results)
+    harness.write_json(os.path.join(args.output, f"{NAME}.json"), results)
     for name, plot in (
         ("law", plot_law),
         ("learning_rate", plot_learning_rate),
@@ -1041,6 +1109,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # The models are small: one thread per op costs little, and on a busy
-    # machine it keeps torch from running 10x slower (benchmarks/shared.py).
-    limit_threads(1)
+    # machine it keeps torch from running 10x slower (benchmarks/harness.py).
+    harness.limit_threads(1)
     sys.exit(main() and 0)

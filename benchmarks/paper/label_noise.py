@@ -41,8 +41,7 @@ import time
 import keras
 import numpy as np
 
-from benchmarks import shared
-from benchmarks.paper import common
+from benchmarks import harness
 from keras_fa import datasets
 from keras_fa import models
 
@@ -65,7 +64,7 @@ QUICK = {
     "hidden": (32, 32),
 }
 SETTINGS = tuple(FULL)
-QUICK_OUTPUT = common.quick_output(NAME)
+QUICK_OUTPUT = harness.quick_output(NAME)
 # Epochs of the full run: about 6,400 updates of batch 128 on every set
 # (digits, with 1,347 examples, needs them to fit its flipped labels).
 EPOCHS = {"mnist": 200, "mnist1d": 200, "digits": 600}
@@ -86,18 +85,29 @@ def parse_args(argv=None):
     """Parses the command line; returns the argparse namespace with every
     setting filled in (from `--quick`'s or the full run's defaults where
     not given)."""
-    parser = common.parser(NAME, __doc__.split("\n")[0])
+    parser = _parser()
+    args = harness.parse_paper_args(parser, argv, NAME)
+    harness.fill_defaults(args, QUICK if args.quick else FULL)
+    if not 0.0 < args.noise < 1.0:
+        parser.error(f"--noise must be in (0, 1), got {args.noise}")
+    if "auto" in args.datasets and len(args.datasets) > 1:
+        parser.error("--datasets auto stands alone")
+    return args
+
+
+def _parser():
+    parser = harness.paper_parser(NAME, __doc__.split("\n")[0])
     rules = models.rules()
     parser.add_argument(
         "--rules",
-        type=common.list_of(str, rules),
+        type=harness.comma_list(allowed=rules, name="rule"),
         help="comma-separated, of "
         f"{','.join(rules)} (default {','.join(FULL['rules'])}; quick: "
         f"{','.join(QUICK['rules'])})",
     )
     parser.add_argument(
         "--datasets",
-        type=common.list_of(str, DATASETS),
+        type=harness.comma_list(allowed=DATASETS, name="data set"),
         help="comma-separated, of auto (MNIST if prepared, else the "
         "offline sets mnist1d and digits), mnist, mnist1d, digits "
         "(default auto; quick: auto, falling back to digits only)",
@@ -114,44 +124,31 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--train-size",
-        type=shared.int_in(2),
+        type=harness.int_in(2),
         help="training examples drawn from MNIST (default 4000; quick: "
         "300); the offline sets use at most this many of theirs",
     )
     parser.add_argument(
         "--epochs",
-        type=shared.positive_int,
+        type=harness.positive_int,
         help="training epochs on every data set (default: mnist and "
         "mnist1d 200, digits 600; quick: 4)",
     )
     parser.add_argument(
         "--eval-every",
-        type=shared.positive_int,
+        type=harness.positive_int,
         help="epochs between measurements (default 5; quick: 2)",
     )
     parser.add_argument(
         "--hidden",
-        type=shared.positive_ints,
+        type=harness.positive_ints,
         help="units of the hidden layers (default 256,256; quick: 32,32)",
     )
-    parser.add_argument("--batch-size", type=shared.positive_int, default=128)
+    parser.add_argument("--batch-size", type=harness.positive_int, default=128)
     parser.add_argument(
-        "--learning-rate", type=shared.positive_float, default=1e-3
+        "--learning-rate", type=harness.positive_float, default=1e-3
     )
-    args = common.parse_args(parser, argv, NAME)
-    preset = QUICK if args.quick else FULL
-    for name in SETTINGS:
-        if getattr(args, name) is None:
-            setattr(args, name, preset[name])
-    if not 0.0 < args.noise < 1.0:
-        parser.error(f"--noise must be in (0, 1), got {args.noise}")
-    for name in ("rules", "datasets"):
-        repeated = common.repeated(getattr(args, name))
-        if repeated:
-            parser.error(f"--{name} repeats {repeated}: give each value once")
-    if "auto" in args.datasets and len(args.datasets) > 1:
-        parser.error("--datasets auto stands alone")
-    return args
+    return parser
 
 
 def flip_labels(labels, fraction, num_classes, seed):
@@ -306,7 +303,6 @@ def run_cell(args, name, data, rule, seed):
         callbacks=[measure],
     )
     seconds = time.perf_counter() - start
-    final = {key: values[-1] for key, values in measure.curves.items()}
     return {
         "dataset": name,
         "rule": rule,
@@ -319,19 +315,23 @@ def run_cell(args, name, data, rule, seed):
         "flipped_to_other_class": bool(
             np.all(noisy[flipped] != clean[flipped])
         ),
-        "final": {key: final[key] for key in MEASURES},
-        "best_test": max(measure.curves["test"]),
-        "best_test_epoch": measure.curves["epoch"][
-            int(np.argmax(measure.curves["test"]))
-        ],
-        "memorised_epoch": _first_epoch(measure.curves, "memorised", 0.9),
-        "curves": measure.curves,
-        # The training loss at the measured epochs (4 significant digits).
-        "loss": [
-            float(f"{history.history['loss'][epoch - 1]:.4g}")
-            for epoch in measure.curves["epoch"][1:]
-        ],
+        **_outcome(measure.curves, history.history["loss"]),
         "seconds": seconds,
+    }
+
+
+def _outcome(curves, losses):
+    # The record's measures: final, best, when memorised, the curves and
+    # the training loss at the measured epochs (4 significant digits).
+    return {
+        "final": {key: curves[key][-1] for key in MEASURES},
+        "best_test": max(curves["test"]),
+        "best_test_epoch": curves["epoch"][int(np.argmax(curves["test"]))],
+        "memorised_epoch": _first_epoch(curves, "memorised", 0.9),
+        "curves": curves,
+        "loss": [
+            float(f"{losses[epoch - 1]:.4g}") for epoch in curves["epoch"][1:]
+        ],
     }
 
 
@@ -410,10 +410,10 @@ def summarize(cells):
         row = {"dataset": name, "rule": rule, "seeds": len(group)}
         for measure in MEASURES:
             row[measure] = list(
-                common.mean_std([c["final"][measure] for c in group])
+                harness.mean_std([c["final"][measure] for c in group])
             )
         for key in ("best_test", "best_test_epoch", "memorised_epoch"):
-            row[key] = list(common.mean_std([c[key] for c in group]))
+            row[key] = list(harness.mean_std([c[key] for c in group]))
         row["memorised_all_seeds"] = all(
             c["memorised_epoch"] is not None for c in group
         )
@@ -474,80 +474,94 @@ def plot(results, output):
     """Writes `accuracy_<set>.png` and `curves_<set>.png` per data set;
     returns their paths."""
     paths = []
-    bars = (
-        ("train_noisy", "train (noisy labels)"),
-        ("memorised", "flipped memorised"),
-        ("test", "test (clean labels)"),
-        ("best_test", "best test over epochs"),
-    )
     for name in results["datasets"]:
         rows = [r for r in results["summary"] if r["dataset"] == name]
-        rules = [r["rule"] for r in rows]
-        fig = common.figure(max(6.0, 1.0 + 1.3 * len(rules)), 4.6)
-        ax = fig.add_subplot()
-        width = 0.8 / len(bars)
-        for index, (key, label) in enumerate(bars):
-            positions = (
-                np.arange(len(rules)) + (index - (len(bars) - 1) / 2) * width
-            )
-            ax.bar(
-                positions,
-                [r[key][0] for r in rows],
-                width,
-                yerr=[r[key][1] for r in rows],
-                capsize=2,
-                label=label,
-            )
-        ax.set_xticks(np.arange(len(rules)), rules)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("accuracy / fraction")
-        ax.set_title(
-            f"{name}: {results['config']['noise']:.0%} flipped labels, "
-            f"after {results['datasets'][name]['epochs']} epochs"
-        )
-        ax.legend(
-            fontsize=8,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.08),
-            ncol=2,
-        )
-        ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
+        fig = _accuracy_bars(results, name, rows)
         paths.append(
-            common.write_png(fig, os.path.join(output, f"accuracy_{name}.png"))
+            harness.write_png(fig, os.path.join(output, f"accuracy_{name}.png"))
         )
-
-        fig = common.figure(11.0, 3.6)
-        curves = bars[:3]  # the best test accuracy is not a curve
-        axes = fig.subplots(1, len(curves), sharey=True)
-        for ax, (key, label) in zip(axes, curves):
-            for index, rule in enumerate(rules):
-                group = [
-                    c
-                    for c in results["cells"]
-                    if c["dataset"] == name and c["rule"] == rule
-                ]
-                epochs = group[0]["curves"]["epoch"]
-                values = np.mean([c["curves"][key] for c in group], axis=0)
-                ax.plot(epochs, values, color=f"C{index}", label=rule)
-            ax.set_title(label)
-            ax.set_xlabel("epoch")
-            ax.grid(True, alpha=0.3)
-        axes[0].set_ylabel(f"{name} (mean over seeds)")
-        axes[0].legend(fontsize=8)
-        fig.tight_layout()
+        fig = _curves(results, name, [r["rule"] for r in rows])
         paths.append(
-            common.write_png(fig, os.path.join(output, f"curves_{name}.png"))
+            harness.write_png(fig, os.path.join(output, f"curves_{name}.png"))
         )
     return paths
+
+
+#: The bars of `accuracy_<set>.png`: (measure, label); the first three are
+#: also the panels of `curves_<set>.png`.
+BARS = (
+    ("train_noisy", "train (noisy labels)"),
+    ("memorised", "flipped memorised"),
+    ("test", "test (clean labels)"),
+    ("best_test", "best test over epochs"),
+)
+
+
+def _accuracy_bars(results, name, rows):
+    # The final measures of data set `name`, a group of bars per rule.
+    rules = [r["rule"] for r in rows]
+    fig = harness.figure(max(6.0, 1.0 + 1.3 * len(rules)), 4.6)
+    ax = fig.add_subplot()
+    width = 0.8 / len(BARS)
+    for index, (key, label) in enumerate(BARS):
+        positions = (
+            np.arange(len(rules)) + (index - (len(BARS) - 1) / 2) * width
+        )
+        ax.bar(
+            positions,
+            [r[key][0] for r in rows],
+            width,
+            yerr=[r[key][1] for r in rows],
+            capsize=2,
+            label=label,
+        )
+    ax.set_xticks(np.arange(len(rules)), rules)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy / fraction")
+    ax.set_title(
+        f"{name}: {results['config']['noise']:.0%} flipped labels, "
+        f"after {results['datasets'][name]['epochs']} epochs"
+    )
+    ax.legend(
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.08),
+        ncol=2,
+    )
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _curves(results, name, rules):
+    # The measures of data set `name` over the epochs, mean over seeds, a
+    # panel per measure and a line per rule.
+    fig = harness.figure(11.0, 3.6)
+    curves = BARS[:3]  # the best test accuracy is not a curve
+    axes = fig.subplots(1, len(curves), sharey=True)
+    for ax, (key, label) in zip(axes, curves):
+        for index, rule in enumerate(rules):
+            group = [
+                c
+                for c in results["cells"]
+                if c["dataset"] == name and c["rule"] == rule
+            ]
+            epochs = group[0]["curves"]["epoch"]
+            values = np.mean([c["curves"][key] for c in group], axis=0)
+            ax.plot(epochs, values, color=f"C{index}", label=rule)
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"{name} (mean over seeds)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def main(argv=None):
     """Runs the experiment and writes its results; returns them."""
     args = parse_args(argv)
-    results = run(args)
-    common.write_results(args.output, results, summary_markdown, plot)
-    return results
+    return harness.write_results(args.output, run(args), summary_markdown, plot)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,7 @@ import keras
 import numpy as np
 
 import keras_fa
-from benchmarks import shared
-from benchmarks.paper import common
+from benchmarks import harness
 
 NAME = "min_norm"
 # Rules whose first-layer update is X^T (...): every layer-wise rule.
@@ -80,7 +79,7 @@ QUICK = {
     "max_steps": 3000,
 }
 SETTINGS = tuple(FULL)
-QUICK_OUTPUT = common.quick_output(NAME)
+QUICK_OUTPUT = harness.quick_output(NAME)
 # Steps between two checks of the training loss (one Keras epoch).
 CHUNK = 25
 
@@ -89,39 +88,36 @@ def parse_args(argv=None):
     """Parses the command line; returns the argparse namespace with every
     setting filled in (from `--quick`'s or the full run's defaults where
     not given)."""
-    parser = common.parser(NAME, __doc__.split("\n")[0])
+    parser = harness.paper_parser(NAME, __doc__.split("\n")[0])
     parser.add_argument(
         "--rules",
-        type=common.list_of(str, RULES),
+        type=harness.comma_list(allowed=RULES, name="rule"),
         help=f"comma-separated (default all: {','.join(RULES)}; quick: "
         f"{','.join(QUICK['rules'])})",
     )
     parser.add_argument(
         "--scales",
-        type=common.list_of(shared.positive_float),
+        type=harness.comma_list(harness.positive_float, name="scale"),
         help="initial scales, comma-separated (default "
         f"{','.join(map(str, FULL['scales']))}; quick: "
         f"{','.join(map(str, QUICK['scales']))})",
     )
     for name, kind in (
-        ("features", shared.positive_int),
-        ("samples", shared.positive_int),
-        ("hidden", shared.positive_int),
-        ("outputs", shared.positive_int),
-        ("learning_rate", shared.positive_float),
-        ("tolerance", shared.positive_float),
-        ("max_steps", shared.positive_int),
+        ("features", harness.positive_int),
+        ("samples", harness.positive_int),
+        ("hidden", harness.positive_int),
+        ("outputs", harness.positive_int),
+        ("learning_rate", harness.positive_float),
+        ("tolerance", harness.positive_float),
+        ("max_steps", harness.positive_int),
     ):
         parser.add_argument(
             "--" + name.replace("_", "-"),
             type=kind,
             help=f"default {FULL[name]} (quick: {QUICK[name]})",
         )
-    args = common.parse_args(parser, argv, NAME)
-    preset = QUICK if args.quick else FULL
-    for name in SETTINGS:
-        if getattr(args, name) is None:
-            setattr(args, name, preset[name])
+    args = harness.parse_paper_args(parser, argv, NAME)
+    harness.fill_defaults(args, QUICK if args.quick else FULL)
     if args.samples >= args.features:
         parser.error(
             "the problem must be under-determined: --samples "
@@ -133,10 +129,6 @@ def parse_args(argv=None):
             f"--hidden ({args.hidden}) must be at least --outputs "
             f"({args.outputs})"
         )
-    for name in ("scales", "rules"):
-        repeated = common.repeated(getattr(args, name))
-        if repeated:
-            parser.error(f"--{name} repeats {repeated}: give each value once")
     return args
 
 
@@ -330,24 +322,7 @@ def run(args, say=print):
             runner = runners[rule]
             runner.set_problem(x, y, seed)
             for scale in args.scales:
-                t0 = time.perf_counter()
-                initial, final, losses = runner.run(scale)
-                record = {
-                    "rule": rule,
-                    "scale": scale,
-                    "seed": seed,
-                    "steps": (len(losses) - 1) * CHUNK,
-                    "loss": losses[-1],
-                    "converged": bool(losses[-1] < args.tolerance),
-                    # 4 significant digits keep the JSON small.
-                    "loss_curve": [float(f"{v:.4g}") for v in losses],
-                    **measure(x, y, initial, final),
-                }
-                backward = _backward_kernel(runner.model.layers[1])
-                if backward is not None:
-                    record["w2_b2_angle"] = _angle(final[1], backward)
-                maps[rule, scale] = _product(final)
-                record["seconds"] = time.perf_counter() - t0
+                record, maps[rule, scale] = _train(runner, seed, scale)
                 runs.append(record)
                 say(
                     f"seed {seed} {rule:>4} scale {scale:<6g} "
@@ -382,6 +357,31 @@ def run(args, say=print):
     }
 
 
+def _train(runner, seed, scale):
+    # Trains `runner`'s network of the seed's problem from `scale`;
+    # returns its record and its end-to-end map.
+    t0 = time.perf_counter()
+    initial, final, losses = runner.run(scale)
+    x, y, tolerance = runner.x, runner.y, runner.args.tolerance
+    record = {
+        "rule": runner.rule,
+        "scale": scale,
+        "seed": seed,
+        "steps": (len(losses) - 1) * CHUNK,
+        "loss": losses[-1],
+        "converged": bool(losses[-1] < tolerance),
+        # 4 significant digits keep the JSON small.
+        "loss_curve": [float(f"{v:.4g}") for v in losses],
+        **measure(x, y, initial, final),
+    }
+    backward = _backward_kernel(runner.model.layers[1])
+    if backward is not None:
+        record["w2_b2_angle"] = _angle(final[1], backward)
+    end_to_end = _product(final)
+    record["seconds"] = time.perf_counter() - t0
+    return record, end_to_end
+
+
 SUMMARY_KEYS = (
     "distance",
     "null_part",
@@ -407,7 +407,7 @@ def summarize(runs, rules, scales):
             for key in SUMMARY_KEYS:
                 values = [r[key] for r in cell if key in r]
                 if values:
-                    row[key] = list(common.mean_std(values))
+                    row[key] = list(harness.mean_std(values))
             row["converged"] = all(r["converged"] for r in cell)
             rows.append(row)
     return rows
@@ -428,7 +428,7 @@ def slopes(runs, rules):
             per_seed.append(float(np.polyfit(log_scale, log_distance, 1)[0]))
         result[rule] = {
             "per_seed": per_seed,
-            "mean_std": list(common.mean_std(per_seed)),
+            "mean_std": list(harness.mean_std(per_seed)),
         }
     return result
 
@@ -475,9 +475,22 @@ def summary_markdown(results):
 
 def plot(results, output):
     """Writes `distance.png` and `training.png`; returns their paths."""
+    return [
+        harness.write_png(
+            _distance_figure(results), os.path.join(output, "distance.png")
+        ),
+        harness.write_png(
+            _training_figure(results), os.path.join(output, "training.png")
+        ),
+    ]
+
+
+def _distance_figure(results):
+    # The distance to pinv(X) Y against the scale, log-log, a line per rule
+    # (and fa's distance to bp's map).
     rows = results["summary"]
     rules = results["config"]["rules"]
-    fig = common.figure(6.4, 4.4)
+    fig = harness.figure(6.4, 4.4)
     ax = fig.add_subplot()
     for rule in rules:
         cell = [r for r in rows if r["rule"] == rule]
@@ -512,12 +525,17 @@ def plot(results, output):
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    paths = [common.write_png(fig, os.path.join(output, "distance.png"))]
+    return fig
 
+
+def _training_figure(results):
+    # The relative training loss of seed 0 against the step, a panel per
+    # rule and a line per scale.
+    rules = results["config"]["rules"]
     chunk = results["config"]["chunk"]
     columns = min(3, len(rules))
     lines = math.ceil(len(rules) / columns)
-    fig = common.figure(3.6 * columns, 3.0 * lines + 0.4)
+    fig = harness.figure(3.6 * columns, 3.0 * lines + 0.4)
     axes = fig.subplots(lines, columns, squeeze=False, sharey=True)
     scales = results["config"]["scales"]
     for index, rule in enumerate(rules):
@@ -543,16 +561,13 @@ def plot(results, output):
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Relative training loss (seed 0)")
     fig.tight_layout()
-    paths.append(common.write_png(fig, os.path.join(output, "training.png")))
-    return paths
+    return fig
 
 
 def main(argv=None):
     """Runs the experiment and writes its results; returns them."""
     args = parse_args(argv)
-    results = run(args)
-    common.write_results(args.output, results, summary_markdown, plot)
-    return results
+    return harness.write_results(args.output, run(args), summary_markdown, plot)
 
 
 if __name__ == "__main__":
