@@ -32,6 +32,7 @@ import keras  # noqa: E402
 
 import keras_fa  # noqa: E402
 from keras_fa import datasets  # noqa: E402
+from keras_fa import files  # noqa: E402
 
 LOADERS = {"mnist1d": datasets.load_mnist1d, "digits": datasets.load_digits}
 # The layer-wise rules: the MLP is made of FADense layers.
@@ -150,7 +151,7 @@ def parse_args(argv=None):
     args.rules = list(dict.fromkeys(args.rules))  # each rule once
     for rule in args.rules:
         directory = os.path.join(args.out, rule)
-        problem = unwritable_directory(directory)
+        problem = files.output_problem(directory, directory=True)
         if problem:
             parser.error(
                 f"argument --out: cannot write {directory!r}: {problem}"
@@ -200,19 +201,6 @@ def main(argv=None):
         )
     print(f"\nFigures and logs: {os.path.abspath(args.out)}/<rule>/")
     return histories
-
-
-def unwritable_directory(path):
-    """Returns why the directory `path` cannot be created (with its
-    parents) and written, or None. Writes nothing."""
-    existing = os.path.abspath(path)
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        return f"{existing} is a file, not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return None
 
 
 def _positive(text):

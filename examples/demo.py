@@ -22,12 +22,10 @@ it, to a Markdown file.
 """
 
 import argparse
-import contextlib
 import math
 import os
 import sys
 import time
-import uuid
 
 # The network is small, so one thread per op costs little (tensorflow and jax
 # ran as fast), and on a busy 2-core machine it kept torch from running up to
@@ -39,6 +37,7 @@ import keras  # noqa: E402
 
 import keras_fa  # noqa: E402
 from keras_fa import datasets  # noqa: E402
+from keras_fa import files  # noqa: E402
 from keras_fa.direct import DIRECT_RULES  # noqa: E402
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "kp", "wm", *DIRECT_RULES)
@@ -186,27 +185,10 @@ def main(argv=None):
             + argv
         )
         text = f"# `{command}`\n\n" + "\n".join(lines)
-        write_atomic(args.output, f"{text}\n\n{total:.0f} s in all.\n")
+        # Whole or not at all: an interrupted run leaves the old table.
+        files.write_atomic(args.output, f"{text}\n\n{total:.0f} s in all.\n")
         print(f"wrote {args.output}")
     return rows
-
-
-def write_atomic(path, text):
-    """Writes `text` to `path` through a temporary file in its directory and
-    a rename: the file is there whole, or as it was before."""
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(
-        directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
-    )
-    try:
-        # Opened like any new file, so its mode follows the umask.
-        with open(temporary, "x") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
 
 
 def _positive(kind):

@@ -11,8 +11,8 @@ Two ways to build a direct-feedback model:
 Every model starts from the same seed and trains with Adam on scikit-learn's
 8x8 digits; it prints a Markdown table of the test accuracies and, with
 `--output`, writes it to a file with the command and the versions that made
-it (the README quotes `benchmarks/results/direct_feedback.md`, written by
-the second command below).
+it (docs/direct_feedback.md quotes `benchmarks/results/direct_feedback.md`,
+written by the second command below).
 
     python examples/direct_feedback.py                     # 2-4 min on 2 cores
     KERAS_BACKEND=jax python examples/direct_feedback.py \
@@ -21,12 +21,10 @@ the second command below).
 """
 
 import argparse
-import contextlib
 import importlib
 import os
 import sys
 import time
-import uuid
 
 # The models are small, so one thread per op costs little, and on a busy
 # 2-core machine it keeps torch from running far slower, its threads waiting
@@ -37,6 +35,7 @@ import keras  # noqa: E402
 
 import keras_fa  # noqa: E402
 from keras_fa import datasets  # noqa: E402
+from keras_fa import files  # noqa: E402
 
 RULES = ("bp", "dfa", "drtp", "shallow")
 MODELS = ("cnn", "functional mlp")
@@ -191,7 +190,8 @@ def main(argv=None):
             + "\n".join([TABLE_HEADER] + [row_line(row) for row in rows])
             + "\n"
         )
-        write_atomic(args.output, text)
+        # Whole or not at all: an interrupted run leaves the old table.
+        files.write_atomic(args.output, text)
         print(f"\nwrote {args.output}")
     return rows
 
@@ -199,24 +199,6 @@ def main(argv=None):
 def row_line(row):
     """One row of the results table."""
     return f"| {row['model']} | {row['rule']} | {row['accuracy']:.3f} |"
-
-
-def write_atomic(path, text):
-    """Writes `text` to `path` through a temporary file in its directory and
-    a rename: the file is there whole, or as it was before."""
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(
-        directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
-    )
-    try:
-        # Opened like any new file, so its mode follows the umask.
-        with open(temporary, "x") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
 
 
 def _positive(text):

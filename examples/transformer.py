@@ -27,7 +27,8 @@ in `--output-dir` (default `runs/transformer_example/` in the current
 directory) or where `--figure` and `--table` say. It never replaces a file
 unless given `--overwrite`: an output path that holds a file, or that
 cannot be written (a path through a file), is refused before any training.
-The README's figure and table come from the last command below.
+The figure and table of docs/transformers.md come from the last command
+below.
 
     python examples/transformer.py                   # 4-5 min on 2 cores
     python examples/transformer.py --tasks digits --rules bp fa
@@ -38,13 +39,11 @@ The README's figure and table come from the last command below.
 """
 
 import argparse
-import contextlib
 import math
 import os
 import shlex
 import sys
 import time
-import uuid
 import warnings
 
 # The network is small, so one thread per op costs little, and on a busy
@@ -57,6 +56,7 @@ import numpy as np  # noqa: E402
 
 import keras_fa  # noqa: E402
 from keras_fa import datasets  # noqa: E402
+from keras_fa import files  # noqa: E402
 
 FIGURE = "transformer.png"
 TABLE = "transformer_example.md"
@@ -295,26 +295,9 @@ def plot(rows, tasks, path):
             ax.grid(alpha=0.3)
         # One legend a row: the colors are the same in every panel.
         axes[0].legend(fontsize="small")
-    _write_atomic(path, lambda file: FigureCanvasAgg(figure).print_png(file))
-
-
-def _write_atomic(path, write):
-    """Calls `write(file)` on a temporary file next to `path`, then renames
-    it to `path`: the file is there whole or not at all."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # A name of our own; opened like any new file (the umask's mode).
-    temporary = os.path.join(
-        directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
-    )
-    try:
-        with open(temporary, "xb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
+    # Whole or not at all: an interrupted run leaves the old figure.
+    with files.atomic_open(path, "wb") as file:
+        FigureCanvasAgg(figure).print_png(file)
 
 
 def _head(data, n_train, n_test):
@@ -334,7 +317,7 @@ def output_paths(parser, args):
     ):
         path = given or os.path.join(args.output_dir, name)
         flag = flag if given else "--output-dir"
-        problem = unwritable_file(path)
+        problem = files.output_problem(path)
         if problem is None and os.path.exists(path) and not args.overwrite:
             problem = (
                 "a file is there (an earlier run's?); give --overwrite to "
@@ -350,49 +333,25 @@ def output_paths(parser, args):
     return paths
 
 
-def unwritable_file(path):
-    """Returns why the file `path` cannot be written (its directory made as
-    needed), or None. Writes nothing."""
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return "it is a directory"
-    existing = os.path.dirname(path)
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        return f"{existing} is a file, not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return None
+def _integer(flag, minimum):
+    """Returns an argparse `type`: an integer >= `minimum`, or an error
+    naming `flag`."""
+    allowed = (
+        "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    )
 
-
-def _positive(name):
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < 1:
+        if value is None or value < minimum:
             raise argparse.ArgumentTypeError(
-                f"{name} must be a positive integer. Received: {text!r}"
+                f"{flag} must be {allowed}. Received: {text!r}"
             )
         return value
 
     return parse
-
-
-def _seed(text):
-    """Parses `--seed`: an integer >= 0 (Keras refuses a negative seed, but
-    only when it is used, after the data is loaded)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError(
-            f"--seed must be an integer >= 0. Received: {text!r}"
-        )
-    return value
 
 
 def main(argv=None):
@@ -416,10 +375,12 @@ def main(argv=None):
     )
     parser.add_argument(
         "--epochs",
-        type=_positive("--epochs"),
+        type=_integer("--epochs", minimum=1),
         help="for every task (default: 20 mnist1d, 20 digits, 10 lm)",
     )
-    parser.add_argument("--seed", type=_seed, default=0)
+    # Checked here: Keras refuses a negative seed only when it uses it,
+    # after the data is loaded.
+    parser.add_argument("--seed", type=_integer("--seed", minimum=0), default=0)
     parser.add_argument(
         "--output-dir",
         default=OUTPUT_DIR,
@@ -480,7 +441,7 @@ def main(argv=None):
         "Time: model.fit, with its compilation and the per-epoch alignment "
         f"measures. {seconds:.0f} s in all.\n\n" + "\n\n".join(tables) + "\n"
     )
-    _write_atomic(table_path, lambda file: file.write(text.encode()))
+    files.write_atomic(table_path, text)
     plot(rows, args.tasks, figure_path)
     print(f"wrote {figure_path} and {table_path}")
     return rows

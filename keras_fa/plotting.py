@@ -9,15 +9,15 @@ global state behind. matplotlib is imported only when a figure is drawn
 """
 
 import collections
-import contextlib
 import numbers
 import os
 import re
 import reprlib
-import uuid
 from collections.abc import Mapping
 
 import numpy as np
+
+from keras_fa.files import atomic_open
 
 # measure -> (what it is, y axis label). Unknown measures are still plotted,
 # labelled by their own name.
@@ -54,64 +54,48 @@ _Panel = collections.namedtuple(
 
 
 def plot_alignment(
-    history,
-    directory,
-    *,
-    layers=None,
-    measures=None,
-    dpi=100,
-    overwrite=False,
+    history, directory, *, layers=None, measures=None, dpi=100, overwrite=False
 ):
     """Writes PNG figures of alignment and accuracy over training, per layer.
 
     Alignment records are keyed `"<layer name>/<measure>"`, split at the last
     `/` (so nested layer names keep theirs); everything else is a training
-    metric. Files are written only when they have something to show.
-
-    Missing values (`None`, NaN) are never drawn, and never as 0. A step or
-    epoch where no layer has a value of a measure (not measured there, as
-    between the `every` steps of `keras_fa.train`) is left out of that
-    measure's lines; one where other layers have a value and this layer has
-    none is a gap in this layer's line. A layer with no value at all (the
-    hidden layers of the `shallow` rule, whose update and signal angles are
-    undefined: no signal reaches them) gets no line, no legend entry and no
-    figure of its own for that measure. The files:
+    metric. Each file is written only when it has something to show:
 
     - `training.png`: the losses in one panel and the metrics whose name
       contains `"acc"` in another, against the epoch (from 1).
-    - `<measure>.png`, e.g. `weight_angle.png`: one line per layer. It uses
-      the per-step records (`history.steps`) where they hold the measure, and
-      the per-epoch ones otherwise. Angles, in degrees, get a dashed line at
-      90 degrees: no alignment.
+    - `<measure>.png`, e.g. `weight_angle.png`: one line per layer, from the
+      per-step records (`history.steps`) where they hold the measure, else
+      from the per-epoch ones. Angles get a dashed line at 90 degrees.
     - `layer_<layer name>.png`: that layer's angles in one panel, then its
       `norm_ratio` and its `conservation_drift`. Characters outside
       `[A-Za-z0-9_.-]` in file names become `_`.
 
+    Missing values (`None`, NaN) are never drawn, never as 0: a step or epoch
+    where no layer has a value of a measure (between the `every` steps of
+    `keras_fa.train`) is left out; one where only other layers have one is
+    a gap in this layer's line; a layer with no value at all (`shallow`'s
+    hidden layers) gets no line, legend entry or figure for that measure.
+
     Figures of different runs are not mixed: unless `overwrite=True`,
-    `directory` must not hold a PNG file yet (it may be new, empty, or hold
-    other files such as a `CSVLogger` log), and a `FileExistsError` naming
-    the files is raised before anything is drawn. With `overwrite=True`, a
-    figure replaces the file of the same name, and the other PNG files of
-    `directory` (an earlier call's figures of layers or measures that this
-    call does not draw) are left as they are: give each run a directory of
-    its own to keep them apart. Each file is first written to a temporary
-    file in `directory`, then renamed, so a file is either there whole or
-    not at all; its mode follows the umask, as for any new file.
+    `directory` must hold no PNG file yet (a `CSVLogger` log may be there),
+    else a `FileExistsError` naming the files is raised before anything is
+    drawn. With `overwrite=True` a figure replaces the file of the same name
+    and the other PNG files stay. Each file is written whole or not at all
+    (`keras_fa.files.atomic_open`); its mode follows the umask.
 
     Args:
         history: a `keras.callbacks.History`, an object with a `.history`
             dict of per-epoch lists and optionally a `.steps` dict of
-            per-step lists (with the global step numbers under `"step"`),
-            or a dict of per-epoch lists.
+            per-step lists (the global step numbers under `"step"`), or a
+            dict of per-epoch lists.
         directory: where to write the figures; created if needed.
         layers: names of the layers to plot, or `None` for all of them.
         measures: names of the measures to plot (e.g. `["weight_angle"]`),
             or `None` for all of them. `training.png` is written either way.
-        dpi: dots per inch: a figure of n panels is `500 * n` by `350`
-            pixels at 100 dpi.
-        overwrite: whether to write into a `directory` that already holds
-            PNG files, replacing those of the same name (default `False`:
-            refuse).
+        dpi: dots per inch: n panels are `500 * n` by `350` pixels at 100.
+        overwrite: whether to write into a `directory` that holds PNG files,
+            replacing those of the same name (default `False`: refuse).
 
     Returns:
         The sorted list of the paths of the files written.
@@ -124,6 +108,14 @@ def plot_alignment(
      'figures/weight_angle.png']
     """
     _import_matplotlib()
+    _check_options(dpi, overwrite)
+    records = _records(history)
+    catalog = _chosen(_catalog(records), layers, measures)
+    directory = _prepare(directory, overwrite)
+    return _write(_figures(records, catalog, dpi), directory)
+
+
+def _check_options(dpi, overwrite):
     if (
         not isinstance(dpi, numbers.Real)
         or isinstance(dpi, bool)
@@ -134,18 +126,24 @@ def plot_alignment(
         raise TypeError(
             f"`overwrite` must be True or False. Received: {overwrite!r}"
         )
-    records = _records(history)
-    catalog = _catalog(records)
+
+
+def _chosen(catalog, layers, measures):
+    """Returns the catalog (layer -> its measures) of the `layers` and
+    `measures` asked for, or raises naming those the records lack."""
     layers = _select("layers", layers, list(catalog))
     available = list(dict.fromkeys(m for ms in catalog.values() for m in ms))
     measures = _select("measures", measures, available)
-    catalog = {
+    return {
         layer: [m for m in catalog[layer] if m in measures] for layer in layers
     }
 
-    directory = _prepare(directory, overwrite)
+
+def _write(figures, directory):
+    """Saves each `(file name, figure)` of `figures` in `directory`;
+    returns the sorted paths."""
     used, paths = set(), []
-    for name, figure in _figures(records, catalog, dpi):
+    for name, figure in figures:
         path = os.path.join(directory, _unique(name, used))
         _save(figure, path)
         paths.append(path)
@@ -474,17 +472,8 @@ def _unique(name, used):
 def _save(figure, path):
     """Writes `figure` to `path` as a PNG file, whole or not at all."""
     _, FigureCanvasAgg = _import_matplotlib()
-    directory, name = os.path.split(path)
-    # A name of our own, so that no other writer's temporary file is reused.
-    temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
     canvas = FigureCanvasAgg(figure)
-    try:
+    with atomic_open(path, "wb") as file:
         # `print_png`, not `savefig`: the user's savefig rcParams (a tight
         # bounding box, another dpi) would change the size of the image.
-        with open(temporary, "xb") as file:
-            canvas.print_png(file)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
+        canvas.print_png(file)

@@ -15,6 +15,8 @@ sys.path.insert(
 )
 import transformer  # noqa: E402
 
+import keras_fa.files  # noqa: E402
+
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
@@ -125,22 +127,24 @@ def test_bad_arguments_name_the_option(capsys):
     assert "invalid choice: 'sgd'" in capsys.readouterr().err
 
 
-def test_failed_write_leaves_no_file(tmp_path):
-    path = tmp_path / "table.md"
-    path.write_text("old")
+def test_a_failed_figure_keeps_the_old_one(tmp_path, monkeypatch):
+    # Written through keras_fa.files.atomic_open (tests/test_files.py).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    def fail(file):
+    path = tmp_path / "transformer.png"
+    path.write_bytes(b"old")
+
+    def fail(canvas, file, **kwargs):
         file.write(b"half")
         raise RuntimeError("disk full")
 
+    monkeypatch.setattr(FigureCanvasAgg, "print_png", fail)
+    row = _fake_train("digits", "bp", None, None, None, 0, 0)
     with pytest.raises(RuntimeError, match="disk full"):
-        transformer._write_atomic(str(path), fail)
+        transformer.plot([row], ["digits"], str(path))
     # The old file whole, no temporary file.
-    assert os.listdir(tmp_path) == ["table.md"]
-    assert path.read_text() == "old"
-    transformer._write_atomic(str(path), lambda file: file.write(b"new"))
-    assert os.listdir(tmp_path) == ["table.md"]
-    assert path.read_text() == "new"
+    assert os.listdir(tmp_path) == ["transformer.png"]
+    assert path.read_bytes() == b"old"
 
 
 def _fake_train(task, rule, data, model_args, settings, seed, probe_size):
@@ -165,15 +169,16 @@ def test_default_output_is_a_directory_of_its_own(tmp_path, monkeypatch):
     # trains: `train` returns a made-up row, and a write anywhere but under
     # tmp_path fails (without the fix it would hit the committed files).
     written = []
-    real_write = transformer._write_atomic
+    real_open = keras_fa.files.atomic_open
 
-    def write(path, contents):
+    def atomic_open(path, mode="w"):
         path = os.path.abspath(path)
         assert path.startswith(str(tmp_path) + os.sep), path
         written.append(os.path.relpath(path, tmp_path))
-        real_write(path, contents)
+        return real_open(path, mode)
 
-    monkeypatch.setattr(transformer, "_write_atomic", write)
+    # Every file the example writes goes through atomic_open.
+    monkeypatch.setattr(keras_fa.files, "atomic_open", atomic_open)
     monkeypatch.setattr(transformer, "train", _fake_train)
     monkeypatch.chdir(tmp_path)
     argv = ["--quick", "--tasks", "digits", "--rules", "bp"]
@@ -246,7 +251,8 @@ def test_the_readme_regenerates_the_committed_files_explicitly():
     # --overwrite, as they exist); run without arguments, the example
     # writes elsewhere.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "README.md"), encoding="utf-8") as file:
+    page = os.path.join(root, "docs", "transformers.md")
+    with open(page, encoding="utf-8") as file:
         readme = file.read()
     command = (
         "    KERAS_BACKEND=jax python examples/transformer.py "
