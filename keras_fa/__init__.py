@@ -9,6 +9,7 @@ from keras_fa import alignment
 from keras_fa import callbacks
 from keras_fa import datasets
 from keras_fa import feedback
+from keras_fa import files
 from keras_fa import models
 from keras_fa import tracing
 from keras_fa.convert import convert
@@ -16,6 +17,7 @@ from keras_fa.direct import BlockGradient
 from keras_fa.direct import DirectFeedback
 from keras_fa.direct import DirectFeedbackModel
 from keras_fa.direct import direct_feedback
+from keras_fa.history import AlignmentHistory
 from keras_fa.layers import FAConv1D
 from keras_fa.layers import FAConv1DTranspose
 from keras_fa.layers import FAConv2D
@@ -33,7 +35,6 @@ from keras_fa.layers import FASeparableConv1D
 from keras_fa.layers import FASeparableConv2D
 from keras_fa.plotting import plot_alignment
 from keras_fa.summary import feedback_summary
-from keras_fa.training import AlignmentHistory
 from keras_fa.training import train
 
 __version__ = "0.1.0"
@@ -84,6 +85,7 @@ __all__ = [
     "convert",
     "datasets",
     "feedback",
+    "files",
     "feedback_summary",
     "models",
     "plot_alignment",

@@ -475,6 +475,17 @@ arguments(
     A("identifier", 5, ValueError, "identifier", "5", "fa"),
 )
 arguments(
+    "keras_fa.feedback.get_direct",
+    keywords(feedback.get_direct),
+    A("identifier", "fa", ValueError, "'fa'", "dfa", "drtp", "shallow"),
+    A("identifier", 5, ValueError, "5", "dfa", "drtp", "shallow"),
+)
+arguments(
+    "keras_fa.feedback.names",
+    keywords(feedback.names),
+    A("kind", "x", ValueError, "kind", "'x'", "layer", "direct"),
+)
+arguments(
     "keras_fa.feedback.serialize",
     keywords(feedback.serialize),
     A(
@@ -803,7 +814,9 @@ arguments(
 
 def _no_data(ctx):
     # A TFDS set missing from a directory, with no network to fetch it.
-    ctx.monkeypatch.setattr(datasets, "_network_available", lambda *a: False)
+    ctx.monkeypatch.setattr(
+        datasets.download, "network_available", lambda *a: False
+    )
     return os.path.join(str(ctx.tmp), "no_data")
 
 
@@ -1221,29 +1234,19 @@ arguments(
     A("b", [1.0, 2.0, 3.0], ValueError, "size", "3", "2"),
 )
 
-_DATASET = Lazy(
-    lambda ctx: __import__("tensorflow").data.Dataset.from_tensor_slices(X),
-    "<tf.data.Dataset>",
+arguments(
+    "keras_fa.alignment.meter",
+    keywords(alignment.meter, MODEL),
+    A("model", "x", TypeError, "keras.Model", "str"),
 )
 arguments(
-    "keras_fa.alignment.check_data",
-    keywords(alignment.check_data, X, Y),
-    A("x", _DATASET, TypeError, "x", "Dataset", "arrays"),
-    A("y", Y[:3], ValueError, "y", "3", "8", label="<3 labels for 8>"),
-    A(
-        "sample_weight",
-        np.ones(3),
-        ValueError,
-        "sample_weight",
-        "3",
-        "8",
-        label="<3 weights for 8>",
+    "keras_fa.alignment.Alignment.output_shapes",
+    keywords(
+        lambda model, x: alignment.Alignment(model).output_shapes(x),
+        MODEL,
+        X,
     ),
-)
-arguments(
-    "keras_fa.alignment.check_probe_data",
-    keywords(alignment.check_probe_data),
-    A("probe_data", 5, ValueError, "probe_data", "int", "(x, y)"),
+    A("x", X[:, :3], ValueError, "x", "(8, 3)", "4", label="<3 features>"),
 )
 arguments(
     "keras_fa.alignment.Alignment.check_batch",
@@ -1591,7 +1594,7 @@ flags(
     "benchmarks.estimator_time",
     F("--rules", "nope", "--rules", "nope", "fa"),
     F("--repeats", "-3"),
-    F("--hidden-layer-sizes", "-3", "--hidden-layer-sizes", "'-3'", "positive"),
+    F("--hidden-layer-sizes", "-3", "--hidden-layer-sizes", "'-3'", ">= 1"),
     F("--max-iter", "-3"),
     F("--random-state", "-1"),
     F("--test-size", "1.5", "--test-size", "between 0 and 1"),
@@ -1610,7 +1613,7 @@ flags(
     F("--steps", "1"),
     F("--repeats", "-3"),
     F("--every", "-3"),
-    F("--train-every", "-3", "--train-every", "'-3'", "positive"),
+    F("--train-every", "-3", "--train-every", "'-3'", ">= 1"),
     F("--batch-size", "-3"),
     F("--probe", "-3"),
     F("--learning-rate", "-1"),
@@ -1624,7 +1627,7 @@ flags(
 flags("benchmarks.alignment_cost", F("--threads", "-1"))
 flags(
     "benchmarks.paper.classes",
-    F("--seeds", "-3", "--seeds", "'-3'", "positive"),
+    F("--seeds", "-3", "--seeds", "'-3'", ">= 1"),
     _explicit("--quick"),
     F("--output", THROUGH_A_FILE, "--output", "a_file"),
     F("--datasets", "nope", "--datasets", "nope", "digits"),
@@ -1633,17 +1636,17 @@ flags(
     F("--rules", "nope", "--rules", "nope", "allowed"),
     F("--rules", "fa", "--rules", "bp"),
     F("--model", "nope", "--model", "nope", "mlp"),
-    F("--epochs", "-3", "--epochs", "'-3'", "positive"),
+    F("--epochs", "-3", "--epochs", "'-3'", ">= 1"),
 )
 flags(
     "benchmarks.paper.conservation",
-    F("--seeds", "-3", "--seeds", "'-3'", "positive"),
+    F("--seeds", "-3", "--seeds", "'-3'", ">= 1"),
     _explicit("--quick"),
     F("--output", THROUGH_A_FILE, "--output", "a_file"),
 )
 flags(
     "benchmarks.paper.label_noise",
-    F("--seeds", "-3", "--seeds", "'-3'", "positive"),
+    F("--seeds", "-3", "--seeds", "'-3'", ">= 1"),
     _explicit("--quick"),
     F("--output", THROUGH_A_FILE, "--output", "a_file"),
     F("--rules", "nope", "--rules", "nope", "allowed"),
@@ -1668,7 +1671,7 @@ flags(
 )
 flags(
     "benchmarks.paper.min_norm",
-    F("--seeds", "-3", "--seeds", "'-3'", "positive"),
+    F("--seeds", "-3", "--seeds", "'-3'", ">= 1"),
     _explicit("--quick"),
     F("--output", THROUGH_A_FILE, "--output", "a_file"),
     F("--rules", "nope", "--rules", "nope", "allowed"),
@@ -1779,6 +1782,8 @@ for _script in SCRIPTS:
 # Arguments with no row, and why.
 
 ALLOWED = {
+    # A predicate: anything that is not a direct rule's name is False.
+    ("keras_fa.feedback.is_direct", "identifier"): "a predicate, never raises",
     # Made and filled by keras_fa.train; users read it, not make it.
     ("keras_fa.AlignmentHistory", "model"): "made by keras_fa.train",
     ("keras_fa.AlignmentHistory", "params"): "made by keras_fa.train",
@@ -1799,8 +1804,8 @@ ALLOWED = {
     ("keras_fa.distribution.kernel_layout_scope", "kernel"): "a hook",
     # Helpers of other modules that have no leading underscore but are
     # not in the README's list of the API.
-    ("keras_fa.training.append_row", "table"): "internal helper",
-    ("keras_fa.training.append_row", "row"): "internal helper",
+    ("keras_fa.history.append_row", "table"): "internal helper",
+    ("keras_fa.history.append_row", "row"): "internal helper",
     ("keras_fa.summary.check_model", "model"): "internal helper",
     ("keras_fa.summary.check_model", "caller"): "internal helper",
     ("keras_fa.summary.check_model", "accepted"): "internal helper",
@@ -1809,10 +1814,6 @@ ALLOWED = {
     # design (the run goes on with the offline sets): never an error.
     ("benchmarks.paper.classes", "--data-dir"): "skipped by design",
     # What the data was called, for the messages of keras_fa's callers.
-    ("keras_fa.alignment.check_data", "name"): "a label for the message",
-    ("keras_fa.alignment.check_data", "hint"): "a sentence of the message",
-    ("keras_fa.alignment.check_probe_data", "name"): "a label",
-    ("keras_fa.alignment.check_probe_data", "allow_none"): "for the message",
     ("keras_fa.alignment.Alignment.check_batch", "name"): "a label",
 }
 # Records made by keras_fa and returned to the user.

@@ -185,16 +185,17 @@ _EXPORTING = (
     "keras_fa.layers",
     "keras_fa.feedback",
     "keras_fa.distribution",
+    "keras_fa.datasets",
+    "keras_fa.alignment",
 )
 # Modules without `__all__`: the functions and classes they define whose
 # names do not start with "_".
 _MODULES = (
-    "keras_fa.alignment",
     "keras_fa.callbacks",
     "keras_fa.convert",
-    "keras_fa.datasets",
     "keras_fa.direct",
     "keras_fa.estimators",
+    "keras_fa.history",
     "keras_fa.models",
     "keras_fa.plotting",
     "keras_fa.summary",
