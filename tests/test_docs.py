@@ -604,7 +604,10 @@ def test_direct_feedback_page_quotes_its_results_file():
 def test_transformers_page_quotes_its_results_file():
     page = _read("docs/transformers.md")
     results = _read("benchmarks/results/transformer_example.md")
-    assert results.startswith("# `python examples/transformer.py`\n")
+    # The results file names the command that wrote it: the page's.
+    command = results.split("\n", 1)[0].removeprefix("# `").removesuffix("`")
+    assert command.startswith("KERAS_BACKEND=jax python examples/")
+    assert f"    {command}\n" in page
     assert "backend jax" in results
     tasks = {}
     for chunk in results.split("\n\n"):
